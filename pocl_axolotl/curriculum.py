@@ -1,0 +1,187 @@
+"""The curriculum schedule and the sampler that follows it.
+
+Everything here is a pure function of the configuration, the seed and the
+optimizer step: stage, temperature, KD ratio and the pool of unlocked buckets at
+step k never depend on wall-clock time, dataloader prefetching or on whether the
+run was resumed. Stage s (0-based) trains on the union of buckets 0..s.
+
+Steps are 0-based indices of optimizer steps: the step that Hugging Face's
+``Trainer`` computes while ``state.global_step == k`` is step k.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from torch.utils.data import Sampler
+
+
+@dataclass(frozen=True)
+class CurriculumSchedule:
+    """Stage boundaries and per-stage temperature and KD ratio of one run.
+
+    Attributes:
+        num_stages: Number of stages, equal to the number of difficulty buckets.
+        steps_per_stage: Optimizer steps of every stage but the last, which runs
+            until ``total_steps``.
+        total_steps: Optimizer steps of the whole run.
+        temperature_start: KD temperature of stage 0.
+        temperature_end: KD temperature of the last stage.
+        kd_ratio_start: KD weight of stage 0.
+        kd_ratio_end: KD weight of the last stage.
+    """
+
+    num_stages: int
+    steps_per_stage: int
+    total_steps: int
+    temperature_start: float
+    temperature_end: float
+    kd_ratio_start: float
+    kd_ratio_end: float
+
+    @classmethod
+    def from_settings(
+        cls,
+        *,
+        num_buckets: int,
+        total_steps: int,
+        unlock_every: int | None,
+        temperature_start: float,
+        temperature_end: float,
+        kd_ratio_start: float,
+        kd_ratio_end: float,
+    ) -> CurriculumSchedule:
+        """Build the schedule of a run of ``total_steps`` optimizer steps.
+
+        Raises:
+            ValueError: The run is too short to give every stage at least one step.
+        """
+        if total_steps < num_buckets:
+            raise ValueError(
+                f"The run has {total_steps} optimizer steps (max_steps), fewer than "
+                f"`pocl.num_buckets` ({num_buckets}), so some stage would get no "
+                "step. Raise max_steps or num_epochs, or lower pocl.num_buckets."
+            )
+        steps_per_stage = unlock_every or total_steps // num_buckets
+        if steps_per_stage * (num_buckets - 1) >= total_steps:
+            raise ValueError(
+                f"`pocl.unlock_every: {unlock_every}` leaves the last of "
+                f"{num_buckets} stages no step of the {total_steps} optimizer steps "
+                f"(max_steps). Set unlock_every below {total_steps / (num_buckets - 1):g} "
+                "or leave it null for equal stages."
+            )
+        return cls(
+            num_stages=num_buckets,
+            steps_per_stage=steps_per_stage,
+            total_steps=total_steps,
+            temperature_start=temperature_start,
+            temperature_end=temperature_end,
+            kd_ratio_start=kd_ratio_start,
+            kd_ratio_end=kd_ratio_end,
+        )
+
+    def stage_at(self, step: int) -> int:
+        """Return the 0-based stage of optimizer step ``step``."""
+        return min(max(step, 0) // self.steps_per_stage, self.num_stages - 1)
+
+    def stage_start(self, stage: int) -> int:
+        """Return the first optimizer step of ``stage``."""
+        return stage * self.steps_per_stage
+
+    def stage_end(self, stage: int) -> int:
+        """Return the optimizer step after the last step of ``stage``."""
+        if stage == self.num_stages - 1:
+            return self.total_steps
+        return (stage + 1) * self.steps_per_stage
+
+    def _interpolate(self, start: float, end: float, stage: int) -> float:
+        if self.num_stages == 1:
+            return start
+        return start + (end - start) * stage / (self.num_stages - 1)
+
+    def temperature_at(self, step: int) -> float:
+        """Return the KD temperature of optimizer step ``step``."""
+        stage = self.stage_at(step)
+        return self._interpolate(self.temperature_start, self.temperature_end, stage)
+
+    def kd_ratio_at(self, step: int) -> float:
+        """Return the KD weight r of optimizer step ``step``; CE gets 1 - r."""
+        stage = self.stage_at(step)
+        return self._interpolate(self.kd_ratio_start, self.kd_ratio_end, stage)
+
+
+def build_index_stream(
+    buckets: Sequence[int],
+    schedule: CurriculumSchedule,
+    samples_per_step: int,
+    seed: int,
+) -> np.ndarray:
+    """Build the dataset indices of every optimizer step of the run, in order.
+
+    Step k takes ``samples_per_step`` consecutive indices, all drawn from the
+    buckets unlocked at step k. Each stage walks through seeded permutations of its
+    pool, a new permutation each time the pool is used up.
+
+    Args:
+        buckets: Bucket of each sample of the training dataset, shape ``(N,)``.
+        schedule: The run's schedule.
+        samples_per_step: Samples of one optimizer step over all processes: micro
+            batch size x gradient accumulation steps x number of processes.
+        seed: The run's seed.
+
+    Returns:
+        Indices of shape ``(schedule.total_steps * samples_per_step,)``.
+
+    Raises:
+        ValueError: A bucket id is outside ``[0, num_stages)``, or stage 0 has an
+            empty pool.
+    """
+    bucket_array = np.asarray(buckets, dtype=np.int64)
+    if bucket_array.size and (
+        bucket_array.min() < 0 or bucket_array.max() >= schedule.num_stages
+    ):
+        raise ValueError(
+            f"Bucket ids must lie in [0, {schedule.num_stages}), got the range "
+            f"[{bucket_array.min()}, {bucket_array.max()}]; the difficulty columns "
+            "do not match `pocl.num_buckets`. Rerun `axolotl preprocess`."
+        )
+    parts = []
+    for stage in range(schedule.num_stages):
+        pool = np.flatnonzero(bucket_array <= stage)
+        if pool.size == 0:
+            raise ValueError(f"Stage {stage} has no sample: every bucket up to it is empty.")
+        needed = (schedule.stage_end(stage) - schedule.stage_start(stage)) * samples_per_step
+        parts.append(_draw_from_pool(pool, needed, seed, stage))
+    return np.concatenate(parts)
+
+
+def _draw_from_pool(pool: np.ndarray, count: int, seed: int, stage: int) -> np.ndarray:
+    """Concatenate seeded permutations of ``pool`` until ``count`` indices exist."""
+    drawn = []
+    epoch = 0
+    while sum(part.size for part in drawn) < count:
+        generator = np.random.default_rng([seed, stage, epoch])
+        drawn.append(generator.permutation(pool))
+        epoch += 1
+    return np.concatenate(drawn)[:count] if drawn else pool[:0]
+
+
+class CurriculumSampler(Sampler[int]):
+    """Sampler that yields a precomputed curriculum index stream.
+
+    The stream covers the whole run, so the Trainer sees a single epoch of
+    ``total_steps`` optimizer steps. Accelerate shards its micro-batches across
+    processes, which gives every rank a disjoint share of each optimizer step's
+    indices.
+    """
+
+    def __init__(self, stream: np.ndarray):
+        self.stream = stream
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.stream.tolist())
+
+    def __len__(self) -> int:
+        return int(self.stream.size)

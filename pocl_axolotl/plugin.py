@@ -1,0 +1,91 @@
+"""The Axolotl plugin: ``plugins: [pocl_axolotl.POCLPlugin]``.
+
+The hooks stay thin and import the heavy modules lazily: importing
+``axolotl.core.builders`` while the plugin loads would freeze Axolotl's
+training-argument mixins before the plugin registers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from axolotl.integrations.base import BasePlugin
+from pocl_axolotl.log import get_logger
+
+from pocl_axolotl.args import PoclConfig, parse_pocl_config
+
+LOG = get_logger(__name__)
+
+
+class POCLPlugin(BasePlugin):
+    """Curriculum knowledge distillation (POCL) from an in-process teacher."""
+
+    def register(self, cfg: dict):
+        """Validate the raw ``pocl:`` block before Axolotl validates the rest."""
+        parse_pocl_config(cfg.get("pocl"))
+        check_supported_setup(cfg)
+
+    def get_input_args(self) -> str:
+        return "pocl_axolotl.args.PoclArgs"
+
+    def load_datasets(self, cfg, preprocess: bool = False):
+        from pocl_axolotl.preparation import load_datasets_with_difficulty
+
+        return load_datasets_with_difficulty(cfg, parse_pocl_config(cfg.pocl), preprocess)
+
+    def get_trainer_cls(self, cfg):
+        from pocl_axolotl.trainer import PoclTrainer
+
+        return PoclTrainer
+
+    def post_trainer_create(self, cfg, trainer):
+        """Load the frozen teacher on the student's device and attach the curriculum."""
+        from pocl_axolotl.teacher import load_teacher, resolve_dtype
+
+        pocl = parse_pocl_config(cfg.pocl)
+        student = trainer.accelerator.unwrap_model(trainer.model)
+        teacher = load_teacher(
+            pocl.teacher_model,
+            dtype=resolve_dtype(pocl.teacher_dtype, student.dtype),
+            device=trainer.args.device,
+            trust_remote_code=bool(cfg.trust_remote_code),
+        )
+        trainer.setup_pocl(pocl, teacher)
+
+
+def check_supported_setup(cfg: dict) -> None:
+    """Reject combinations the plugin does not support, before any model loads.
+
+    Raises:
+        ValueError: Sample packing or DeepSpeed ZeRO-3 is enabled.
+    """
+    if cfg.get("sample_packing"):
+        raise ValueError(
+            "`sample_packing: true` is not supported by pocl_axolotl yet: packing "
+            "reads every index up front and would mix locked buckets into early "
+            "steps. Set `sample_packing: false`."
+        )
+    stage = deepspeed_zero_stage(cfg.get("deepspeed"))
+    if stage == 3:
+        raise ValueError(
+            f"`deepspeed: {cfg.get('deepspeed')}` uses ZeRO stage 3, which "
+            "pocl_axolotl does not support: the in-process teacher would need its own "
+            "DeepSpeed engine. Use ZeRO stage 1 or 2, or DDP."
+        )
+
+
+def deepspeed_zero_stage(deepspeed) -> int | None:
+    """Return the ZeRO stage of a DeepSpeed config given as a path or a mapping."""
+    if not deepspeed:
+        return None
+    config = deepspeed
+    if isinstance(deepspeed, (str, Path)):
+        path = Path(deepspeed)
+        if not path.is_file():
+            return None
+        config = json.loads(path.read_text(encoding="utf-8"))
+    return (config.get("zero_optimization") or {}).get("stage")
+
+
+__all__ = ["POCLPlugin", "PoclConfig"]

@@ -1,0 +1,334 @@
+"""The plugin's ``load_datasets`` hook: tokenize, score, bucket, cache and report.
+
+``axolotl preprocess`` computes the difficulty buckets and caches them beside the
+prepared dataset; ``axolotl train`` finds the cache and reuses it. The cache key
+covers everything that changes the result, and a cache entry is written to a
+temporary folder and renamed into place, so an interrupted run leaves none.
+With several processes a file lock makes the first one score while the others
+wait and then read its cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from filelock import FileLock
+
+from axolotl.common.const import DEFAULT_DATASET_PREPARED_PATH
+from axolotl.common.datasets import TrainDatasetMeta, load_datasets
+from axolotl.utils.dict import DictDefault
+from pocl_axolotl.log import get_logger
+
+from pocl_axolotl.args import PoclConfig
+from pocl_axolotl.difficulty import DifficultyRanking, fuse_and_bucket, ranking_from_difficulty
+from pocl_axolotl.report import log_summary, write_plot, write_report
+
+LOG = get_logger(__name__)
+
+BUCKET_COLUMN = "pocl_bucket"
+RANK_COLUMN = "pocl_rank"
+# Bump when a change to the scoring code changes its results, to invalidate caches.
+SCORING_VERSION = 1
+CACHE_FILE = "difficulty.json"
+
+
+def load_datasets_with_difficulty(
+    cfg: DictDefault, pocl: PoclConfig, preprocess: bool
+) -> TrainDatasetMeta:
+    """Load Axolotl's tokenized datasets and add the difficulty bucket columns.
+
+    Args:
+        cfg: The validated Axolotl configuration.
+        pocl: The validated ``pocl:`` block.
+        preprocess: True under ``axolotl preprocess``.
+
+    Returns:
+        Axolotl's dataset metadata with ``pocl_bucket`` and ``pocl_rank`` columns
+        added to the training dataset (unless ``num_buckets`` is 1).
+    """
+    check_tokenizers(cfg, pocl)
+    meta = load_datasets(cfg=cfg)
+    if pocl.num_buckets == 1:
+        LOG.info("pocl.num_buckets is 1: no curriculum, so no difficulty scoring.")
+        return meta
+    train_dataset = meta.train_dataset
+    ranking = compute_or_load_ranking(cfg, pocl, train_dataset)
+    if is_main_process():
+        output_dir = Path(cfg.output_dir or "./model-out")
+        write_report(output_dir / "pocl_difficulty.jsonl", ranking)
+        write_plot(output_dir / "pocl_difficulty.png", ranking)
+        log_summary(ranking, pocl.num_buckets)
+    for column in (BUCKET_COLUMN, RANK_COLUMN):
+        if column in train_dataset.column_names:
+            train_dataset = train_dataset.remove_columns(column)
+    train_dataset = train_dataset.add_column(BUCKET_COLUMN, ranking.bucket.tolist())
+    train_dataset = train_dataset.add_column(RANK_COLUMN, ranking.rank.tolist())
+    return TrainDatasetMeta(
+        train_dataset=train_dataset,
+        eval_dataset=meta.eval_dataset,
+        total_num_steps=meta.total_num_steps,
+    )
+
+
+def is_main_process() -> bool:
+    """Whether this is rank 0; torch.distributed may not be initialised yet here."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+
+
+def check_tokenizers(cfg: DictDefault, pocl: PoclConfig) -> None:
+    """Raise before any model loads if the teacher or scoring model's vocabulary differs."""
+    from transformers import AutoTokenizer
+
+    from pocl_axolotl.teacher import check_same_tokenizer
+
+    student_tokenizer = AutoTokenizer.from_pretrained(
+        cfg.tokenizer_config or cfg.base_model,
+        trust_remote_code=cfg.trust_remote_code or False,
+    )
+    check_same_tokenizer(student_tokenizer, pocl.teacher_model, "pocl.teacher_model")
+    if pocl.scoring_model:
+        check_same_tokenizer(student_tokenizer, pocl.scoring_model, "pocl.scoring_model")
+
+
+def compute_or_load_ranking(cfg: DictDefault, pocl: PoclConfig, dataset) -> DifficultyRanking:
+    """Return the cached ranking of ``dataset`` or compute and cache it."""
+    if pocl.difficulty_file:
+        difficulty = read_difficulty_file(Path(pocl.difficulty_file), len(dataset))
+        return ranking_from_difficulty(difficulty, pocl.num_buckets)
+
+    cache_root = Path(cfg.dataset_prepared_path or DEFAULT_DATASET_PREPARED_PATH) / "pocl_difficulty"
+    cache_root.mkdir(parents=True, exist_ok=True)
+    key = cache_key(cfg, pocl, dataset)
+    entry = cache_root / key
+    with FileLock(str(cache_root / f"{key}.lock")):
+        if (entry / CACHE_FILE).exists():
+            LOG.info(f"Reusing cached difficulty scores from {entry}")
+            return load_cached_ranking(entry, pocl)
+        if not cfg.is_preprocess:
+            LOG.warning(
+                "No cached difficulty scores match this configuration, so they are "
+                "computed now. Run `axolotl preprocess` first to compute them once."
+            )
+        metrics = score_dataset(cfg, pocl, dataset)
+        ranking = fuse_and_bucket(metrics, rrf_k=pocl.rrf_k, num_buckets=pocl.num_buckets)
+        save_cache(entry, ranking, key)
+        LOG.info(f"Saved difficulty scores to {entry}")
+        return ranking
+
+
+def dataset_fingerprint(dataset) -> str:
+    """Hash the tokens and labels of ``dataset`` in order."""
+    digest = hashlib.sha256()
+    columns = [name for name in ("input_ids", "labels") if name in dataset.column_names]
+    for batch in dataset.select_columns(columns).iter(batch_size=1024):
+        for name in columns:
+            for row in batch[name]:
+                digest.update(np.asarray(row, dtype=np.int64).tobytes())
+                digest.update(b"|")
+    digest.update(str(len(dataset)).encode())
+    return digest.hexdigest()
+
+
+def model_fingerprint(name: str) -> dict:
+    """Identify a model: its name and, for a local folder, its files' sizes and times."""
+    path = Path(name)
+    if not path.is_dir():
+        return {"name": name}
+    files = sorted(
+        (item.name, item.stat().st_size, int(item.stat().st_mtime))
+        for item in path.iterdir()
+        if item.is_file()
+    )
+    return {"name": str(path.resolve()), "files": files}
+
+
+def cache_key(cfg: DictDefault, pocl: PoclConfig, dataset) -> str:
+    """Hash everything that changes the ranking into the name of a cache entry."""
+    scoring_model = pocl.scoring_model or cfg.base_model
+    payload = {
+        "version": SCORING_VERSION,
+        "dataset": dataset_fingerprint(dataset),
+        "scoring_model": model_fingerprint(scoring_model),
+        "metrics": list(pocl.difficulty_metrics),
+        "rrf_k": pocl.rrf_k,
+        "num_buckets": pocl.num_buckets,
+        "max_new_tokens": pocl.scoring_max_new_tokens,
+        "batch_size": pocl.scoring_batch_size,
+        "dtype": scoring_dtype_name(cfg),
+    }
+    if "teacher_kl" in pocl.difficulty_metrics:
+        payload["teacher"] = model_fingerprint(pocl.teacher_model)
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def scoring_dtype_name(cfg: DictDefault) -> str:
+    """Scoring runs in bf16 or fp16 when training does and a GPU is present, else fp32."""
+    if torch.cuda.is_available():
+        if cfg.bf16 in (True, "auto") and torch.cuda.is_bf16_supported():
+            return "bfloat16"
+        if cfg.fp16:
+            return "float16"
+    return "float32"
+
+
+def save_cache(entry: Path, ranking: DifficultyRanking, key: str) -> None:
+    """Write the metric values atomically: into a temporary folder, then rename."""
+    payload = {
+        "key": key,
+        "metrics": {name: _json_floats(values) for name, values in ranking.metrics.items()},
+    }
+    temporary = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=entry.parent))
+    try:
+        (temporary / CACHE_FILE).write_text(json.dumps(payload), encoding="utf-8")
+        if entry.exists():
+            shutil.rmtree(entry)
+        os.replace(temporary, entry)
+    finally:
+        if temporary.exists():
+            shutil.rmtree(temporary)
+
+
+def load_cached_ranking(entry: Path, pocl: PoclConfig) -> DifficultyRanking:
+    """Rebuild the ranking from cached metric values."""
+    payload = json.loads((entry / CACHE_FILE).read_text(encoding="utf-8"))
+    metrics = {
+        name: np.array([np.nan if value is None else value for value in values], dtype=np.float64)
+        for name, values in payload["metrics"].items()
+    }
+    return fuse_and_bucket(metrics, rrf_k=pocl.rrf_k, num_buckets=pocl.num_buckets)
+
+
+def _json_floats(values: np.ndarray) -> list[float | None]:
+    return [float(value) if math.isfinite(value) else None for value in values]
+
+
+def read_difficulty_file(path: Path, num_samples: int) -> np.ndarray:
+    """Read one difficulty per training sample from a JSON Lines file.
+
+    Each line is a number, an object with `difficulty` (lower is easier), or a line
+    of an earlier run's ``pocl_difficulty.jsonl`` (its `index` and `rank`).
+
+    Raises:
+        ValueError: A line is malformed, or the file's length differs from the
+            dataset's.
+    """
+    if not path.is_file():
+        raise ValueError(f"`pocl.difficulty_file: {path}` does not exist.")
+    values: list[float] = []
+    indices: list[int] = []
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{line_number}: invalid JSON ({error.msg}).") from None
+            value, index = _difficulty_of(item, path, line_number)
+            values.append(value)
+            if index is not None:
+                indices.append(index)
+    if len(values) != num_samples:
+        raise ValueError(
+            f"`pocl.difficulty_file: {path}` has {len(values)} values but the training "
+            f"dataset has {num_samples} samples; it needs one value per sample, in "
+            "dataset order."
+        )
+    difficulty = np.array(values, dtype=np.float64)
+    if indices:
+        if sorted(indices) != list(range(num_samples)):
+            raise ValueError(
+                f"The `index` values of {path} are not a permutation of 0..{num_samples - 1}."
+            )
+        ordered = np.empty(num_samples, dtype=np.float64)
+        ordered[np.array(indices)] = difficulty
+        difficulty = ordered
+    return difficulty
+
+
+def _difficulty_of(item, path: Path, line_number: int) -> tuple[float, int | None]:
+    if isinstance(item, (int, float)) and not isinstance(item, bool):
+        return float(item), None
+    if isinstance(item, dict) and "difficulty" in item:
+        return _as_float(item["difficulty"]), item.get("index")
+    if isinstance(item, dict) and "rank" in item and "index" in item:
+        return _as_float(item["rank"]), int(item["index"])
+    raise ValueError(
+        f"{path}:{line_number}: expected a number, an object with `difficulty`, or a "
+        f"pocl_difficulty.jsonl line with `index` and `rank`; got {str(item)[:80]}"
+    )
+
+
+def _as_float(value) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def score_dataset(cfg: DictDefault, pocl: PoclConfig, dataset) -> dict[str, np.ndarray]:
+    """Score every sample of ``dataset`` with each configured metric."""
+    from transformers import AutoModelForCausalLM
+
+    from axolotl.loaders import load_tokenizer
+
+    from pocl_axolotl import scoring
+
+    tokenizer = load_tokenizer(cfg)
+    samples = [
+        scoring.TokenizedSample(list(input_ids), list(labels))
+        for input_ids, labels in zip(dataset["input_ids"], dataset["labels"])
+    ]
+    device = scoring_device()
+    dtype = getattr(torch, scoring_dtype_name(cfg))
+    name = pocl.scoring_model or cfg.base_model
+    LOG.info(f"Scoring {len(samples)} samples with {name} on {device} ({dtype})")
+    model = AutoModelForCausalLM.from_pretrained(
+        name, dtype=dtype, trust_remote_code=cfg.trust_remote_code or False
+    ).to(device)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    batch_size = pocl.scoring_batch_size
+    metrics: dict[str, np.ndarray] = {}
+    for metric in pocl.difficulty_metrics:
+        started = time.perf_counter()
+        if metric == "lm_loss":
+            metrics[metric] = scoring.score_lm_loss(
+                model, samples, pad_token_id=pad_token_id, batch_size=batch_size
+            )
+        elif metric == "rouge_l":
+            metrics[metric] = scoring.score_rouge_l(
+                model, tokenizer, samples,
+                max_new_tokens=pocl.scoring_max_new_tokens, batch_size=batch_size,
+            )
+        elif metric == "teacher_kl":
+            from pocl_axolotl.teacher import load_teacher, resolve_dtype
+
+            teacher = load_teacher(
+                pocl.teacher_model, dtype=resolve_dtype(pocl.teacher_dtype, dtype),
+                device=device, trust_remote_code=cfg.trust_remote_code or False,
+            )
+            metrics[metric] = scoring.score_teacher_kl(
+                model, teacher, samples, pad_token_id=pad_token_id, batch_size=batch_size
+            )
+            del teacher
+        else:
+            metrics[metric] = scoring.score_length(samples)
+        elapsed = time.perf_counter() - started
+        LOG.info(f"Scored {metric} in {elapsed:.1f} s ({len(samples) / max(elapsed, 1e-9):.1f} samples/s)")
+    del model
+    return metrics
+
+
+def scoring_device() -> torch.device:
+    """The GPU of this process when there is one, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")

@@ -1,0 +1,270 @@
+"""The trainer: curriculum sampler, in-process teacher and the KD + CE loss.
+
+Shapes: ``B`` batch, ``T`` sequence length, ``V`` vocabulary size.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Sampler
+
+from axolotl.core.trainers.base import AxolotlTrainer
+from pocl_axolotl.log import get_logger
+
+from pocl_axolotl.args import PoclConfig
+from pocl_axolotl.curriculum import CurriculumSampler, CurriculumSchedule, build_index_stream
+from pocl_axolotl.losses import check_vocab_sizes, kd_loss
+
+LOG = get_logger(__name__)
+
+BUCKET_COLUMN = "pocl_bucket"
+INDEX_COLUMN = "pocl_index"
+IGNORE_INDEX = -100
+
+
+@dataclass
+class LossTotals:
+    """Sums over a logging window, for per-token means of the two loss terms.
+
+    The sums stay tensors on the training device, so that accumulating them does
+    not synchronise with the device at every micro-batch.
+    """
+
+    kd_sum: torch.Tensor | float = 0.0
+    ce_sum: torch.Tensor | float = 0.0
+    tokens: torch.Tensor | float = 0.0
+
+    def add(self, kd_sum: torch.Tensor, ce_sum: torch.Tensor, tokens: torch.Tensor) -> None:
+        self.kd_sum = self.kd_sum + kd_sum.detach().double()
+        self.ce_sum = self.ce_sum + ce_sum.detach().double()
+        self.tokens = self.tokens + tokens.detach().double()
+
+
+class PoclTrainer(AxolotlTrainer):
+    """AxolotlTrainer that distills from a frozen in-process teacher on a curriculum.
+
+    The plugin calls ``setup_pocl`` right after Axolotl builds the trainer; until
+    then the trainer behaves like ``AxolotlTrainer``.
+    """
+
+    pocl: PoclConfig | None = None
+    teacher: torch.nn.Module | None = None
+    schedule: CurriculumSchedule | None = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # compute_loss divides both terms by num_items_in_batch itself, so the
+        # Trainer must pass it and must not divide by the accumulation steps again.
+        self.model_accepts_loss_kwargs = True
+        self._totals = {"train": LossTotals(), "eval": LossTotals()}
+        self._consumed_log: Path | None = None
+
+    def setup_pocl(self, pocl: PoclConfig, teacher: torch.nn.Module) -> None:
+        """Attach the settings and the teacher and build the schedule of the run.
+
+        Raises:
+            ValueError: The run is too short for the stages, or the teacher's
+                vocabulary does not match the student's.
+        """
+        self.pocl = pocl
+        self.teacher = teacher
+        self.schedule = CurriculumSchedule.from_settings(
+            num_buckets=pocl.num_buckets,
+            total_steps=self.args.max_steps,
+            unlock_every=pocl.unlock_every,
+            temperature_start=pocl.temperature_start,
+            temperature_end=pocl.temperature_end,
+            kd_ratio_start=pocl.kd_ratio_start,
+            kd_ratio_end=pocl.kd_ratio_end,
+        )
+        student = self.accelerator.unwrap_model(self.model)
+        check_vocab_sizes(
+            student.get_output_embeddings().weight.shape[0],
+            teacher.get_output_embeddings().weight.shape[0],
+            len(self.processing_class),
+        )
+        self._log_schedule()
+
+    def _log_schedule(self) -> None:
+        schedule = self.schedule
+        stages = []
+        for stage in range(schedule.num_stages):
+            start = schedule.stage_start(stage)
+            stages.append(
+                f"stage {stage}: steps {start}-{schedule.stage_end(stage) - 1}, "
+                f"T={schedule.temperature_at(start):.3g}, "
+                f"kd_ratio={schedule.kd_ratio_at(start):.3g}"
+            )
+        LOG.info(
+            f"POCL curriculum: {self.pocl.loss}, {schedule.num_stages} stages of "
+            f"{schedule.steps_per_stage} optimizer steps; " + "; ".join(stages)
+        )
+
+    # Sampling --------------------------------------------------------------
+
+    def _get_train_sampler(self, train_dataset=None) -> Sampler | None:
+        if self.pocl is None:
+            return super()._get_train_sampler(train_dataset)
+        # The dataloader passes the dataset after removing the columns that the
+        # model does not take, so the buckets are read from the original one.
+        buckets = self._buckets_of(self.train_dataset)
+        samples_per_step = (
+            self.args.per_device_train_batch_size
+            * self.args.gradient_accumulation_steps
+            * self.args.world_size
+        )
+        stream = build_index_stream(buckets, self.schedule, samples_per_step, self.args.seed)
+        self._bucket_sizes = [
+            sum(1 for bucket in buckets if bucket == stage)
+            for stage in range(self.schedule.num_stages)
+        ]
+        return CurriculumSampler(stream)
+
+    def _buckets_of(self, dataset) -> list[int]:
+        if self.pocl.num_buckets == 1:
+            return [0] * len(dataset)
+        if BUCKET_COLUMN not in dataset.column_names:
+            raise ValueError(
+                f"The training dataset has no `{BUCKET_COLUMN}` column, so the "
+                "difficulty buckets were not computed. Check that "
+                "`plugins: [pocl_axolotl.POCLPlugin]` is in the YAML file and that "
+                "no other plugin loads the datasets."
+            )
+        return dataset[BUCKET_COLUMN]
+
+    def _get_dataloader(self, dataset, description, batch_size, sampler_fn=None,
+                        is_training=False, dataloader_key=None):
+        if is_training and self.pocl is not None and self.pocl.log_consumed_indices:
+            if INDEX_COLUMN not in dataset.column_names:
+                dataset = dataset.add_column(INDEX_COLUMN, list(range(len(dataset))))
+        return super()._get_dataloader(
+            dataset, description, batch_size, sampler_fn=sampler_fn,
+            is_training=is_training, dataloader_key=dataloader_key,
+        )
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if self.pocl is not None and self.pocl.log_consumed_indices:
+            if INDEX_COLUMN not in self._signature_columns:
+                self._signature_columns.append(INDEX_COLUMN)
+
+    def train(self, *args, **kwargs):
+        output = super().train(*args, **kwargs)
+        if self.pocl is not None and self.is_world_process_zero():
+            # Hugging Face writes trainer_state.json only into checkpoints; the
+            # final one keeps the pocl/* log history also when save_strategy is "no".
+            self.state.save_to_json(str(Path(self.args.output_dir) / "trainer_state.json"))
+        return output
+
+    # Loss ------------------------------------------------------------------
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.pocl is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        inputs = dict(inputs)
+        indices = inputs.pop(INDEX_COLUMN, None)
+        labels = inputs["labels"]
+        scale_across_devices = num_items_in_batch is not None
+        local_tokens = (labels[:, 1:] != IGNORE_INDEX).sum()
+        if num_items_in_batch is None:
+            num_items_in_batch = local_tokens
+        # A window without any supervised token gives 0, not 0 / 0.
+        num_items_in_batch = torch.as_tensor(num_items_in_batch, device=labels.device).clamp(min=1)
+        step = self.state.global_step
+        if indices is not None and model.training:
+            self._record_consumed(step, indices)
+
+        outputs = model(**inputs, num_items_in_batch=num_items_in_batch)
+        ce = outputs.loss
+        kd = self._kd_term(outputs.logits, inputs, labels, step, num_items_in_batch)
+        ratio = self.schedule.kd_ratio_at(step)
+        loss = ratio * kd + (1.0 - ratio) * ce
+
+        # kd and ce are sums over this micro-batch divided by num_items_in_batch.
+        self._totals["train" if model.training else "eval"].add(
+            kd * num_items_in_batch, ce * num_items_in_batch, local_tokens
+        )
+
+        if (
+            scale_across_devices
+            and self.args.average_tokens_across_devices
+            and self.accelerator.num_processes > 1
+        ):
+            # num_items_in_batch counts every process's tokens and DDP averages
+            # the gradients over processes, as in Trainer.compute_loss.
+            loss = loss * self.accelerator.num_processes
+        return (loss, outputs) if return_outputs else loss
+
+    def _kd_term(self, student_logits, inputs, labels, step, num_items_in_batch):
+        """Return the KD term of one micro-batch, summed and divided by ``num_items_in_batch``."""
+        teacher_inputs = {
+            key: inputs[key]
+            for key in ("input_ids", "attention_mask", "position_ids")
+            if key in inputs
+        }
+        with torch.no_grad():
+            teacher_logits = self.teacher(**teacher_inputs).logits  # (B, T, V_teacher)
+        return kd_loss(
+            student_logits,
+            teacher_logits,
+            labels,
+            loss=self.pocl.loss,
+            temperature=self.schedule.temperature_at(step),
+            jsd_beta=self.pocl.jsd_beta,
+            skew_alpha=self.pocl.skew_alpha,
+            scale_by_temperature_squared=self.pocl.scale_by_temperature_squared,
+            num_items_in_batch=num_items_in_batch,
+            chunk_size=self.pocl.kd_chunk_size,
+        )
+
+    def _record_consumed(self, step: int, indices: torch.Tensor) -> None:
+        if self._consumed_log is None:
+            folder = Path(self.args.output_dir) / "pocl_consumed"
+            folder.mkdir(parents=True, exist_ok=True)
+            self._consumed_log = folder / f"rank{self.args.process_index}.jsonl"
+            self._consumed_log.unlink(missing_ok=True)
+        record = {"step": step, "indices": indices.tolist()}
+        with self._consumed_log.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    # Logging ---------------------------------------------------------------
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self.pocl is not None:
+            if "loss" in logs:
+                logs.update(self._pocl_metrics("train", prefix="pocl/"))
+            elif "eval_loss" in logs:
+                logs.update(self._pocl_metrics("eval", prefix="eval_pocl/"))
+        super().log(logs, start_time)
+
+    def _pocl_metrics(self, split: str, prefix: str) -> dict[str, float]:
+        """Return the schedule values of the last step and the window's loss terms."""
+        step = max(self.state.global_step - 1, 0)
+        totals = self._totals[split]
+        sums = torch.stack(
+            [
+                torch.as_tensor(value, dtype=torch.float64, device=self.accelerator.device)
+                for value in (totals.kd_sum, totals.ce_sum, totals.tokens)
+            ]
+        )
+        if self.accelerator.num_processes > 1:
+            sums = self.accelerator.reduce(sums, reduction="sum")
+        kd_sum, ce_sum, tokens = sums.tolist()
+        self._totals[split] = LossTotals()
+        metrics = {
+            f"{prefix}stage": self.schedule.stage_at(step),
+            f"{prefix}temperature": round(self.schedule.temperature_at(step), 6),
+            f"{prefix}kd_ratio": round(self.schedule.kd_ratio_at(step), 6),
+        }
+        bucket_sizes = getattr(self, "_bucket_sizes", None)
+        if bucket_sizes:
+            unlocked = sum(bucket_sizes[: self.schedule.stage_at(step) + 1])
+            metrics[f"{prefix}unlocked_fraction"] = round(unlocked / sum(bucket_sizes), 6)
+        if tokens > 0:
+            metrics[f"{prefix}kd_loss"] = kd_sum / tokens
+            metrics[f"{prefix}ce_loss"] = ce_sum / tokens
+        return metrics
