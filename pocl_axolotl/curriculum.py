@@ -11,11 +11,12 @@ Steps are 0-based indices of optimizer steps: the step that Hugging Face's
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from torch.utils.data import Sampler
+from torch.utils.data import BatchSampler, Sampler, SequentialSampler
 
 
 @dataclass(frozen=True)
@@ -138,34 +139,130 @@ def build_index_stream(
         ValueError: A bucket id is outside ``[0, num_stages)``, or stage 0 has an
             empty pool.
     """
-    bucket_array = np.asarray(buckets, dtype=np.int64)
-    if bucket_array.size and (
-        bucket_array.min() < 0 or bucket_array.max() >= schedule.num_stages
-    ):
-        raise ValueError(
-            f"Bucket ids must lie in [0, {schedule.num_stages}), got the range "
-            f"[{bucket_array.min()}, {bucket_array.max()}]; the difficulty columns "
-            "do not match `pocl.num_buckets`. Rerun `axolotl preprocess`."
-        )
+    bucket_array = _check_buckets(buckets, schedule.num_stages)
     parts = []
     for stage in range(schedule.num_stages):
-        pool = np.flatnonzero(bucket_array <= stage)
-        if pool.size == 0:
-            raise ValueError(f"Stage {stage} has no sample: every bucket up to it is empty.")
+        pool = _stage_pool(bucket_array, stage)
         needed = (schedule.stage_end(stage) - schedule.stage_start(stage)) * samples_per_step
         parts.append(_draw_from_pool(pool, needed, seed, stage))
     return np.concatenate(parts)
 
 
-def _draw_from_pool(pool: np.ndarray, count: int, seed: int, stage: int) -> np.ndarray:
-    """Concatenate seeded permutations of ``pool`` until ``count`` indices exist."""
-    drawn = []
-    epoch = 0
-    while sum(part.size for part in drawn) < count:
+def _check_buckets(buckets: Sequence[int], num_stages: int) -> np.ndarray:
+    bucket_array = np.asarray(buckets, dtype=np.int64)
+    if bucket_array.size and (bucket_array.min() < 0 or bucket_array.max() >= num_stages):
+        raise ValueError(
+            f"Bucket ids must lie in [0, {num_stages}), got the range "
+            f"[{bucket_array.min()}, {bucket_array.max()}]; the difficulty columns "
+            "do not match `pocl.num_buckets`. Rerun `axolotl preprocess`."
+        )
+    return bucket_array
+
+
+def _stage_pool(bucket_array: np.ndarray, stage: int) -> np.ndarray:
+    pool = np.flatnonzero(bucket_array <= stage)
+    if pool.size == 0:
+        raise ValueError(f"Stage {stage} has no sample: every bucket up to it is empty.")
+    return pool
+
+
+def _pool_stream(pool: np.ndarray, seed: int, stage: int) -> Iterator[int]:
+    """Yield seeded permutations of ``pool`` one after another, without end."""
+    for epoch in itertools.count():
         generator = np.random.default_rng([seed, stage, epoch])
-        drawn.append(generator.permutation(pool))
-        epoch += 1
-    return np.concatenate(drawn)[:count] if drawn else pool[:0]
+        yield from generator.permutation(pool).tolist()
+
+
+def _draw_from_pool(pool: np.ndarray, count: int, seed: int, stage: int) -> np.ndarray:
+    """Return the first ``count`` indices of the stage's stream of permutations."""
+    return np.fromiter(
+        itertools.islice(_pool_stream(pool, seed, stage), count), dtype=np.int64, count=count
+    )
+
+
+def build_packed_batches(
+    buckets: Sequence[int],
+    lengths: Sequence[int],
+    schedule: CurriculumSchedule,
+    *,
+    batches_per_step: int,
+    bins_per_batch: int,
+    bin_capacity: int,
+    seed: int,
+) -> list[list[list[int]]]:
+    """Pack each stage's draws into batches of bins, in draw order.
+
+    Stage s fills exactly ``steps_in_stage * batches_per_step`` batches, so stage
+    boundaries fall on the scheduled optimizer steps and no bin mixes stages.
+    Packing is greedy and keeps the draw order: a bin is closed when the next
+    sample does not fit.
+
+    Args:
+        buckets: Bucket of each sample, shape ``(N,)``.
+        lengths: Token count of each sample, shape ``(N,)``.
+        schedule: The run's schedule.
+        batches_per_step: Batches of one optimizer step over all processes:
+            gradient accumulation steps x number of processes.
+        bins_per_batch: Bins (packed rows) per batch.
+        bin_capacity: Tokens per bin.
+        seed: The run's seed.
+
+    Returns:
+        Batches, each a list of bins, each a list of dataset indices.
+
+    Raises:
+        ValueError: A sample is longer than a bin, or a bucket id is out of range.
+    """
+    bucket_array = _check_buckets(buckets, schedule.num_stages)
+    length_array = np.asarray(lengths, dtype=np.int64)
+    if length_array.size and length_array.max() > bin_capacity:
+        raise ValueError(
+            f"A sample of {length_array.max()} tokens does not fit a packed row of "
+            f"{bin_capacity} tokens; lower sequence_len or raise micro_batch_size."
+        )
+    batches: list[list[list[int]]] = []
+    for stage in range(schedule.num_stages):
+        pool = _stage_pool(bucket_array, stage)
+        steps = schedule.stage_end(stage) - schedule.stage_start(stage)
+        bins = _pack_greedily(
+            _pool_stream(pool, seed, stage), length_array, bin_capacity,
+            steps * batches_per_step * bins_per_batch,
+        )
+        batches.extend(
+            bins[start : start + bins_per_batch] for start in range(0, len(bins), bins_per_batch)
+        )
+    return batches
+
+
+def _pack_greedily(
+    stream: Iterator[int], lengths: np.ndarray, capacity: int, num_bins: int
+) -> list[list[int]]:
+    bins: list[list[int]] = []
+    current: list[int] = []
+    used = 0
+    for index in stream:
+        if current and used + lengths[index] > capacity:
+            bins.append(current)
+            if len(bins) == num_bins:
+                return bins
+            current, used = [], 0
+        current.append(index)
+        used += int(lengths[index])
+    raise AssertionError("the pool stream is endless")
+
+
+class PackedCurriculumBatchSampler(BatchSampler):
+    """Batch sampler that yields precomputed packed curriculum batches."""
+
+    def __init__(self, batches: list[list[list[int]]], bins_per_batch: int):
+        super().__init__(SequentialSampler(range(len(batches))), bins_per_batch, False)
+        self.batches = batches
+
+    def __iter__(self) -> Iterator[list[list[int]]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 class CurriculumSampler(Sampler[int]):

@@ -8,6 +8,7 @@ training-argument mixins before the plugin registers.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from axolotl.integrations.base import BasePlugin
@@ -30,8 +31,14 @@ class POCLPlugin(BasePlugin):
         return "pocl_axolotl.args.PoclArgs"
 
     def load_datasets(self, cfg, preprocess: bool = False):
+        """Tokenize with Axolotl, then add the difficulty buckets.
+
+        This is the first hook that sees the normalised configuration, so it also
+        corrects the device map of multi-process runs without a GPU.
+        """
         from pocl_axolotl.preparation import load_datasets_with_difficulty
 
+        prepare_multi_process_cpu_run(cfg)
         return load_datasets_with_difficulty(cfg, parse_pocl_config(cfg.pocl), preprocess)
 
     def get_trainer_cls(self, cfg):
@@ -54,18 +61,37 @@ class POCLPlugin(BasePlugin):
         trainer.setup_pocl(pocl, teacher)
 
 
+def prepare_multi_process_cpu_run(cfg) -> None:
+    """Make a multi-process run without a GPU train data-parallel on the CPU.
+
+    With a world size above 1, Axolotl 0.19.0 sets ``device_map`` to
+    ``{"": LOCAL_RANK}``, which Transformers reads as a GPU index, so loading
+    fails with "Cannot access accelerator device"; the map is set to the CPU.
+    Accelerate 1.13 also sets up gloo data parallelism on the CPU only when told
+    to, through ``ACCELERATE_USE_CPU``: otherwise AxolotlTrainer's fresh
+    accelerator state makes each process train alone on all the data. Runs
+    whose device is a GPU are left as they are.
+    """
+    if not is_multi_process_cpu_run(cfg):
+        return
+    os.environ["ACCELERATE_USE_CPU"] = "true"
+    device_map = cfg.device_map
+    if isinstance(device_map, dict) and all(isinstance(v, int) for v in device_map.values()):
+        LOG.info(f"No GPU found: loading the model on the CPU instead of {device_map}")
+        cfg.device_map = {"": "cpu"}
+
+
+def is_multi_process_cpu_run(cfg) -> bool:
+    """Whether several processes train and Axolotl chose the CPU as their device."""
+    return (cfg.world_size or 1) > 1 and str(cfg.device or "cpu").startswith("cpu")
+
+
 def check_supported_setup(cfg: dict) -> None:
     """Reject combinations the plugin does not support, before any model loads.
 
     Raises:
-        ValueError: Sample packing or DeepSpeed ZeRO-3 is enabled.
+        ValueError: DeepSpeed ZeRO-3 is enabled.
     """
-    if cfg.get("sample_packing"):
-        raise ValueError(
-            "`sample_packing: true` is not supported by pocl_axolotl yet: packing "
-            "reads every index up front and would mix locked buckets into early "
-            "steps. Set `sample_packing: false`."
-        )
     stage = deepspeed_zero_stage(cfg.get("deepspeed"))
     if stage == 3:
         raise ValueError(

@@ -16,14 +16,49 @@ from axolotl.core.trainers.base import AxolotlTrainer
 from pocl_axolotl.log import get_logger
 
 from pocl_axolotl.args import PoclConfig
-from pocl_axolotl.curriculum import CurriculumSampler, CurriculumSchedule, build_index_stream
+from pocl_axolotl.curriculum import (
+    CurriculumSampler,
+    CurriculumSchedule,
+    PackedCurriculumBatchSampler,
+    build_index_stream,
+    build_packed_batches,
+)
 from pocl_axolotl.losses import check_vocab_sizes, kd_loss
 
 LOG = get_logger(__name__)
 
 BUCKET_COLUMN = "pocl_bucket"
 INDEX_COLUMN = "pocl_index"
+COLUMN_PREFIX = "pocl_"
 IGNORE_INDEX = -100
+
+
+class PoclColumnCollator:
+    """Wrap a collator so that the plugin's ``pocl_*`` columns never reach it.
+
+    With sample packing Axolotl keeps every dataset column, and its packing
+    collator fails on extra scalar columns. The wrapper removes them from each
+    feature and, when present, returns the dataset indices as ``pocl_index``.
+    """
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def __call__(self, features, *args, **kwargs):
+        indices: list[int] = []
+        packed = bool(features) and isinstance(features[0], list)
+        bins = features if packed else [features]
+        stripped = [[self._strip(feature, indices) for feature in group] for group in bins]
+        batch = self.collator(stripped if packed else stripped[0], *args, **kwargs)
+        if indices:
+            batch[INDEX_COLUMN] = torch.tensor(indices, dtype=torch.long)
+        return batch
+
+    @staticmethod
+    def _strip(feature: dict, indices: list[int]) -> dict:
+        if INDEX_COLUMN in feature:
+            indices.append(int(feature[INDEX_COLUMN]))
+        return {key: value for key, value in feature.items() if not key.startswith(COLUMN_PREFIX)}
 
 
 @dataclass
@@ -87,6 +122,7 @@ class PoclTrainer(AxolotlTrainer):
             teacher.get_output_embeddings().weight.shape[0],
             len(self.processing_class),
         )
+        self.data_collator = PoclColumnCollator(self.data_collator)
         self._log_schedule()
 
     def _log_schedule(self) -> None:
@@ -112,17 +148,43 @@ class PoclTrainer(AxolotlTrainer):
         # The dataloader passes the dataset after removing the columns that the
         # model does not take, so the buckets are read from the original one.
         buckets = self._buckets_of(self.train_dataset)
-        samples_per_step = (
-            self.args.per_device_train_batch_size
-            * self.args.gradient_accumulation_steps
-            * self.args.world_size
-        )
-        stream = build_index_stream(buckets, self.schedule, samples_per_step, self.args.seed)
         self._bucket_sizes = [
             sum(1 for bucket in buckets if bucket == stage)
             for stage in range(self.schedule.num_stages)
         ]
+        # Every optimizer step takes this many micro-batches from the stream,
+        # and accelerate deals them out to the processes in turn.
+        micro_batches_per_step = self.args.gradient_accumulation_steps * self.args.world_size
+        if self.args.sample_packing:
+            return self._packed_batch_sampler(buckets, micro_batches_per_step)
+        stream = build_index_stream(
+            buckets,
+            self.schedule,
+            self.args.per_device_train_batch_size * micro_batches_per_step,
+            self.args.seed,
+        )
         return CurriculumSampler(stream)
+
+    def _packed_batch_sampler(self, buckets, micro_batches_per_step) -> PackedCurriculumBatchSampler:
+        from axolotl.utils.samplers import get_dataset_lengths
+
+        # The same bin shapes as AxolotlTrainer._create_multipack_sampler.
+        if self.args.multipack_real_batches:
+            bins_per_batch = self.args.per_device_train_batch_size
+            bin_capacity = self.args.max_seq_length
+        else:
+            bins_per_batch = 1
+            bin_capacity = self.args.per_device_train_batch_size * self.args.max_seq_length
+        batches = build_packed_batches(
+            buckets,
+            get_dataset_lengths(self.train_dataset),
+            self.schedule,
+            batches_per_step=micro_batches_per_step,
+            bins_per_batch=bins_per_batch,
+            bin_capacity=bin_capacity,
+            seed=self.args.seed,
+        )
+        return PackedCurriculumBatchSampler(batches, bins_per_batch)
 
     def _buckets_of(self, dataset) -> list[int]:
         if self.pocl.num_buckets == 1:

@@ -1,0 +1,247 @@
+"""Difficulty fusion, buckets, scoring metrics and the cache."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+
+from axolotl.utils.dict import DictDefault
+
+from pocl_axolotl.args import parse_pocl_config
+from pocl_axolotl.difficulty import bucket_sizes, fuse_and_bucket, rank_metric
+from pocl_axolotl.preparation import compute_or_load_ranking, read_difficulty_file
+from pocl_axolotl.scoring import TokenizedSample, score_length, score_lm_loss, score_rouge_l
+from tiny_models import build_llama, build_tokenizer
+
+
+def test_rank_metric_ties_share_lowest_rank():
+    ranks = rank_metric(np.array([0.5, 0.2, 0.5, 0.9]), higher_is_easier=False)
+    assert ranks.tolist() == [2, 1, 2, 4]
+
+
+def test_rank_metric_higher_is_easier():
+    ranks = rank_metric(np.array([0.1, 0.9, 0.5]), higher_is_easier=True)
+    assert ranks.tolist() == [3, 1, 2]
+
+
+def test_rrf_hand_computed_three_metrics():
+    # lm_loss (lower easier):  ranks 2, 1, 2, 4
+    # rouge_l (higher easier): ranks 3, 1, 4, 2
+    # length  (lower easier):  ranks 1, 3, 1, 3
+    metrics = {
+        "lm_loss": np.array([2.0, 1.0, 2.0, 3.0]),
+        "rouge_l": np.array([0.2, 0.8, 0.1, 0.5]),
+        "length": np.array([5.0, 9.0, 5.0, 9.0]),
+    }
+    k = 1.0
+    expected = [
+        1 / (k + 2) + 1 / (k + 3) + 1 / (k + 1),
+        1 / (k + 1) + 1 / (k + 1) + 1 / (k + 3),
+        1 / (k + 2) + 1 / (k + 4) + 1 / (k + 1),
+        1 / (k + 4) + 1 / (k + 2) + 1 / (k + 3),
+    ]
+    ranking = fuse_and_bucket(metrics, rrf_k=k, num_buckets=2)
+    assert ranking.fused_score == pytest.approx(expected)
+    # Scores: 1.0833, 1.25, 1.0333, 0.7833, so the order is 1, 0, 2, 3.
+    assert ranking.rank.tolist() == [2, 1, 3, 4]
+    assert ranking.bucket.tolist() == [0, 0, 1, 1]
+
+
+def test_rrf_equal_scores_keep_dataset_order():
+    metrics = {"lm_loss": np.array([1.0, 1.0, 1.0, 0.5])}
+    ranking = fuse_and_bucket(metrics, rrf_k=60, num_buckets=2)
+    assert ranking.rank.tolist() == [2, 3, 4, 1]
+
+
+@pytest.mark.parametrize(
+    ("num_samples", "num_buckets", "expected"),
+    [(10, 4, [2, 2, 2, 4]), (9, 3, [3, 3, 3]), (7, 1, [7]), (5, 5, [1, 1, 1, 1, 1])],
+)
+def test_bucket_sizes(num_samples, num_buckets, expected):
+    assert bucket_sizes(num_samples, num_buckets) == expected
+
+
+def test_bucket_sizes_through_fusion():
+    ranking = fuse_and_bucket({"length": np.arange(10.0)}, rrf_k=60, num_buckets=4)
+    assert np.bincount(ranking.bucket).tolist() == [2, 2, 2, 4]
+    assert ranking.bucket.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 3, 3]
+
+
+def test_invalid_samples_go_last():
+    metrics = {
+        "lm_loss": np.array([0.1, np.nan, 0.3, 0.4, 0.5, 0.6, 0.7, 0.2]),
+        "rouge_l": np.array([0.9, 0.8, 0.7, np.inf, 0.5, 0.4, 0.3, 0.95]),
+    }
+    ranking = fuse_and_bucket(metrics, rrf_k=60, num_buckets=3)
+    assert ranking.num_invalid == 2
+    assert ranking.bucket[1] == 2
+    assert ranking.bucket[3] == 2
+    assert sorted(ranking.rank[[1, 3]].tolist()) == [7, 8]
+    assert np.isnan(ranking.fused_score[[1, 3]]).all()
+    assert np.isfinite(ranking.fused_score[ranking.valid]).all()
+
+
+def test_fewer_samples_than_buckets_raises():
+    with pytest.raises(ValueError, match=r"3 samples .* \(4\)"):
+        fuse_and_bucket({"length": np.arange(3.0)}, rrf_k=60, num_buckets=4)
+
+
+def test_masked_sample_scores_nan():
+    samples = [TokenizedSample([1, 2, 3], [-100, -100, -100]), TokenizedSample([1, 2, 3], [-100, 2, 3])]
+    assert np.isnan(score_length(samples)[0])
+    assert score_length(samples)[1] == 2
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    corpus = ["the quick brown fox jumps over the lazy dog", "Response: yes no maybe"]
+    return build_tokenizer(tmp_path_factory.mktemp("tokenizer"), corpus, word_level=True)
+
+
+def _overfit(model, sequences, steps=150):
+    """Train ``model`` to reproduce ``sequences`` (lists of ids) exactly."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    batch = torch.tensor(sequences)
+    for _ in range(steps):
+        loss = model(input_ids=batch, labels=batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    return model
+
+
+def _sample(tokenizer, prompt: str, response: str) -> TokenizedSample:
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [
+        tokenizer.eos_token_id
+    ]
+    return TokenizedSample(
+        prompt_ids + response_ids, [-100] * len(prompt_ids) + response_ids
+    )
+
+
+def test_rouge_l_exact_reproduction_is_one(tokenizer, tmp_path):
+    sample = _sample(tokenizer, "the quick brown fox", "jumps over the lazy dog")
+    model = _overfit(build_llama(tmp_path / "model", tokenizer, seed=1), [sample.input_ids])
+    values = score_rouge_l(model, tokenizer, [sample], max_new_tokens=10, batch_size=1)
+    assert values[0] == pytest.approx(1.0)
+
+
+def test_rouge_l_empty_output_is_zero(tokenizer, tmp_path):
+    sample = _sample(tokenizer, "the quick brown fox", "jumps over the lazy dog")
+    prompt = sample.prompt_ids
+    # A model trained to end every answer at once outputs nothing.
+    model = _overfit(
+        build_llama(tmp_path / "model", tokenizer, seed=2), [prompt + [tokenizer.eos_token_id]]
+    )
+    values = score_rouge_l(model, tokenizer, [sample], max_new_tokens=10, batch_size=1)
+    assert values[0] == 0.0
+
+
+def test_lm_loss_matches_model_loss(tokenizer, tmp_path):
+    model = build_llama(tmp_path / "model", tokenizer, seed=3)
+    samples = [
+        _sample(tokenizer, "the quick", "brown fox jumps"),
+        _sample(tokenizer, "the lazy dog", "yes"),
+    ]
+    values = score_lm_loss(model, samples, pad_token_id=tokenizer.pad_token_id, batch_size=2)
+    for sample, value in zip(samples, values):
+        expected = model(
+            input_ids=torch.tensor([sample.input_ids]), labels=torch.tensor([sample.labels])
+        ).loss
+        assert value == pytest.approx(float(expected), rel=1e-5)
+
+
+def _tiny_run(tmp_path, tokenizer, **pocl):
+    student = tmp_path / "student"
+    if not student.exists():
+        build_llama(student, tokenizer, seed=4)
+    samples = [
+        _sample(tokenizer, "the quick brown", "fox"),
+        _sample(tokenizer, "the lazy", "dog jumps over"),
+        _sample(tokenizer, "Response:", "yes no"),
+        _sample(tokenizer, "the fox", "maybe the lazy dog"),
+    ]
+    dataset = Dataset.from_dict(
+        {"input_ids": [s.input_ids for s in samples], "labels": [s.labels for s in samples]}
+    )
+    cfg = DictDefault(
+        {
+            "base_model": str(student),
+            "tokenizer_config": str(student),
+            "dataset_prepared_path": str(tmp_path / "prepared"),
+            "is_preprocess": True,
+        }
+    )
+    settings = {"teacher_model": str(student), "num_buckets": 2, "scoring_batch_size": 2,
+                "scoring_max_new_tokens": 4, **pocl}
+    return cfg, parse_pocl_config(settings), dataset
+
+
+def _cache_entries(tmp_path):
+    root = tmp_path / "prepared" / "pocl_difficulty"
+    return sorted(path.name for path in root.iterdir() if path.is_dir())
+
+
+def test_cache_reused_then_invalidated(tmp_path, tokenizer, caplog):
+    caplog.set_level(logging.INFO)
+    cfg, pocl, dataset = _tiny_run(tmp_path, tokenizer)
+    first = compute_or_load_ranking(cfg, pocl, dataset)
+    entries = _cache_entries(tmp_path)
+    assert len(entries) == 1
+
+    caplog.clear()
+    again = compute_or_load_ranking(cfg, pocl, dataset)
+    assert "Reusing cached difficulty scores" in caplog.text
+    assert np.array_equal(first.rank, again.rank)
+    assert _cache_entries(tmp_path) == entries
+
+    caplog.clear()
+    changed = pocl.model_copy(update={"rrf_k": 10.0})
+    compute_or_load_ranking(cfg, changed, dataset)
+    assert "Reusing cached difficulty scores" not in caplog.text
+    assert len(_cache_entries(tmp_path)) == 2
+
+
+def test_cache_leaves_no_temporary_folder(tmp_path, tokenizer):
+    cfg, pocl, dataset = _tiny_run(tmp_path, tokenizer)
+    compute_or_load_ranking(cfg, pocl, dataset)
+    root = tmp_path / "prepared" / "pocl_difficulty"
+    assert not [path for path in root.iterdir() if path.name.startswith(".")]
+
+
+def test_difficulty_file_wrong_length_rejected(tmp_path):
+    path = tmp_path / "scores.jsonl"
+    path.write_text("1.0\n2.0\n3.0\n")
+    with pytest.raises(ValueError, match="has 3 values but the training dataset has 4"):
+        read_difficulty_file(path, 4)
+
+
+def test_difficulty_file_from_report(tmp_path):
+    path = tmp_path / "pocl_difficulty.jsonl"
+    records = [{"index": 1, "rank": 2}, {"index": 0, "rank": 1}, {"index": 2, "rank": 3}]
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    assert read_difficulty_file(path, 3).tolist() == [1.0, 2.0, 3.0]
+
+
+def test_difficulty_file_malformed_line(tmp_path):
+    path = tmp_path / "scores.jsonl"
+    path.write_text('{"difficulty": 1}\n{"score": 2}\n')
+    with pytest.raises(ValueError, match=r"scores.jsonl:2"):
+        read_difficulty_file(path, 2)
+
+
+def test_difficulty_file_sets_buckets(tmp_path, tokenizer):
+    cfg, pocl, dataset = _tiny_run(tmp_path, tokenizer)
+    path = tmp_path / "scores.jsonl"
+    path.write_text("".join(json.dumps({"difficulty": value}) + "\n" for value in [4, 1, 3, 2]))
+    ranking = compute_or_load_ranking(cfg, pocl.model_copy(update={"difficulty_file": str(path)}), dataset)
+    assert ranking.rank.tolist() == [4, 1, 3, 2]
+    assert ranking.bucket.tolist() == [1, 0, 1, 0]
