@@ -27,6 +27,30 @@ DifficultyMetric = Literal["lm_loss", "rouge_l", "teacher_kl", "length"]
 DEFAULT_KD_CHUNK_SIZE = 256
 
 
+class PlateauConfig(BaseModel):
+    """When to end a stage early, the ``pocl.unlock_on_plateau`` block."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    patience: int = Field(
+        default=3,
+        ge=1,
+        description=(
+            "Logging windows (logging_steps each) in a row without enough "
+            "improvement of the training loss before the next bucket unlocks."
+        ),
+    )
+    min_relative_improvement: float = Field(
+        default=0.01,
+        ge=0.0,
+        lt=1.0,
+        description=(
+            "Relative decrease of the logged training loss, against the best loss "
+            "of the stage, that counts as an improvement. In [0, 1)."
+        ),
+    )
+
+
 class PoclConfig(BaseModel):
     """Settings of curriculum knowledge distillation, the ``pocl:`` block."""
 
@@ -163,6 +187,23 @@ class PoclConfig(BaseModel):
         ),
     )
 
+    unlock_on_plateau: PlateauConfig | None = Field(
+        default=None,
+        description=(
+            "End a stage before its unlock_every steps when the training loss stops "
+            "improving; null keeps equal stages. Not available with sample packing."
+        ),
+    )
+    restart_lr_each_stage: bool = Field(
+        default=False,
+        description=(
+            "Restart the learning-rate schedule at every stage: a fresh warm-up "
+            "(warmup_steps per stage, or that fraction of the stage when below 1) and "
+            "a decay over the stage, "
+            "as separate training jobs per stage would have. Supports lr_scheduler "
+            "cosine, linear and constant."
+        ),
+    )
     log_consumed_indices: bool = Field(
         default=False,
         description=(

@@ -102,15 +102,21 @@ class CurriculumSchedule:
             return start
         return start + (end - start) * stage / (self.num_stages - 1)
 
+    def stage_temperature(self, stage: int) -> float:
+        """Return the KD temperature of ``stage``."""
+        return self._interpolate(self.temperature_start, self.temperature_end, stage)
+
+    def stage_kd_ratio(self, stage: int) -> float:
+        """Return the KD weight r of ``stage``; CE gets 1 - r."""
+        return self._interpolate(self.kd_ratio_start, self.kd_ratio_end, stage)
+
     def temperature_at(self, step: int) -> float:
         """Return the KD temperature of optimizer step ``step``."""
-        stage = self.stage_at(step)
-        return self._interpolate(self.temperature_start, self.temperature_end, stage)
+        return self.stage_temperature(self.stage_at(step))
 
     def kd_ratio_at(self, step: int) -> float:
         """Return the KD weight r of optimizer step ``step``; CE gets 1 - r."""
-        stage = self.stage_at(step)
-        return self._interpolate(self.kd_ratio_start, self.kd_ratio_end, stage)
+        return self.stage_kd_ratio(self.stage_at(step))
 
 
 def build_index_stream(
@@ -282,3 +288,142 @@ class CurriculumSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return int(self.stream.size)
+
+
+class PlateauStages:
+    """Stage boundaries that move earlier when the training loss stops improving.
+
+    Every stage still lasts at most ``schedule.steps_per_stage`` steps. A stage
+    also ends once ``patience`` logged losses in a row have not improved on the
+    best loss of the stage by ``min_relative_improvement``; the next stage then
+    starts ``delay_steps`` steps after that log, so that batches the dataloader
+    has fetched already keep their stage. Decisions depend only on the logged
+    losses, and ``state_dict`` holds all of their state, so a resumed run
+    continues with the same boundaries.
+    """
+
+    def __init__(
+        self,
+        schedule: CurriculumSchedule,
+        *,
+        patience: int,
+        min_relative_improvement: float,
+        delay_steps: int,
+    ):
+        self.schedule = schedule
+        self.patience = patience
+        self.min_relative_improvement = min_relative_improvement
+        self.delay_steps = delay_steps
+        self.starts = [0]
+        self.best_loss: float | None = None
+        self.windows_without_improvement = 0
+        self.tracked_stage = 0
+
+    def stage_at(self, step: int) -> int:
+        """Return the stage of optimizer step ``step`` under the decisions so far."""
+        stage, start = 0, 0
+        while stage < self.schedule.num_stages - 1:
+            next_start = self._start_of(stage + 1, start)
+            if step < next_start:
+                break
+            stage, start = stage + 1, next_start
+        return stage
+
+    def stage_start(self, stage: int) -> int:
+        """Return the first optimizer step of ``stage`` under the decisions so far."""
+        start = 0
+        for index in range(1, stage + 1):
+            start = self._start_of(index, start)
+        return start
+
+    def stage_end(self, stage: int) -> int:
+        """Return the step after the last step of ``stage`` under the decisions so far."""
+        if stage == self.schedule.num_stages - 1:
+            return self.schedule.total_steps
+        return self._start_of(stage + 1, self.stage_start(stage))
+
+    def _start_of(self, stage: int, previous_start: int) -> int:
+        if stage < len(self.starts):
+            return self.starts[stage]
+        return previous_start + self.schedule.steps_per_stage
+
+    def observe(self, global_step: int, loss: float) -> int | None:
+        """Record the loss logged after ``global_step`` optimizer steps.
+
+        Returns:
+            The first step of the next stage when this loss ends the current
+            stage early, otherwise None.
+        """
+        stage = self.stage_at(global_step - 1)
+        if stage != self.tracked_stage:
+            self.tracked_stage, self.best_loss, self.windows_without_improvement = stage, None, 0
+        pending = len(self.starts) > stage + 1
+        if stage == self.schedule.num_stages - 1 or pending:
+            return None
+        if self.best_loss is None or loss < self.best_loss * (1 - self.min_relative_improvement):
+            self.best_loss, self.windows_without_improvement = loss, 0
+            return None
+        self.windows_without_improvement += 1
+        if self.windows_without_improvement < self.patience:
+            return None
+        next_start = global_step + self.delay_steps
+        if next_start >= self.stage_end(stage):
+            return None  # The fixed schedule ends the stage first.
+        while len(self.starts) <= stage:
+            self.starts.append(self.stage_start(len(self.starts)))
+        self.starts.append(next_start)
+        return next_start
+
+    def state_dict(self) -> dict:
+        """Return the decisions and the loss tracking, for a checkpoint."""
+        return {
+            "starts": list(self.starts),
+            "best_loss": self.best_loss,
+            "windows_without_improvement": self.windows_without_improvement,
+            "tracked_stage": self.tracked_stage,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what ``state_dict`` returned."""
+        self.starts = list(state["starts"])
+        self.best_loss = state["best_loss"]
+        self.windows_without_improvement = state["windows_without_improvement"]
+        self.tracked_stage = state["tracked_stage"]
+
+
+class LazyCurriculumSampler(Sampler[int]):
+    """Sampler that draws each step's indices when the dataloader asks for them.
+
+    Used when stage boundaries are decided during training. Step k draws from the
+    pool of the stage that ``stages.stage_at(k)`` gives at the moment its first
+    index is produced; ``last_step_drawn`` lets the trainer check that no
+    decision comes after the step it changes was drawn.
+    """
+
+    def __init__(
+        self,
+        buckets: Sequence[int],
+        stages: PlateauStages,
+        samples_per_step: int,
+        seed: int,
+    ):
+        self.buckets = _check_buckets(buckets, stages.schedule.num_stages)
+        self.stages = stages
+        self.samples_per_step = samples_per_step
+        self.seed = seed
+        self.last_step_drawn = -1
+
+    def __iter__(self) -> Iterator[int]:
+        streams: dict[tuple[int, int], Iterator[int]] = {}
+        for step in range(self.stages.schedule.total_steps):
+            stage = self.stages.stage_at(step)
+            start = self.stages.stage_start(stage)
+            key = (stage, start)
+            if key not in streams:
+                pool = _stage_pool(self.buckets, stage)
+                streams = {key: _pool_stream(pool, self.seed, stage)}
+            self.last_step_drawn = step
+            yield from itertools.islice(streams[key], self.samples_per_step)
+
+    def __len__(self) -> int:
+        return self.stages.schedule.total_steps * self.samples_per_step

@@ -60,6 +60,14 @@ class POCLPlugin(BasePlugin):
         )
         trainer.setup_pocl(pocl, teacher)
 
+    def create_lr_scheduler(self, cfg, trainer, optimizer, num_training_steps):
+        """Restart the learning-rate schedule at every stage when asked to."""
+        if not parse_pocl_config(cfg.pocl).restart_lr_each_stage:
+            return None
+        from pocl_axolotl.lr_schedule import build_stage_lr_scheduler
+
+        return build_stage_lr_scheduler(trainer, optimizer)
+
 
 def prepare_multi_process_cpu_run(cfg) -> None:
     """Make a multi-process run without a GPU train data-parallel on the CPU.
@@ -90,8 +98,15 @@ def check_supported_setup(cfg: dict) -> None:
     """Reject combinations the plugin does not support, before any model loads.
 
     Raises:
-        ValueError: DeepSpeed ZeRO-3 is enabled.
+        ValueError: DeepSpeed ZeRO-3 is enabled, or `unlock_on_plateau` is combined
+            with sample packing.
     """
+    pocl = cfg.get("pocl") or {}
+    if cfg.get("sample_packing") and pocl.get("unlock_on_plateau"):
+        raise ValueError(
+            "`pocl.unlock_on_plateau` does not work with `sample_packing: true`, "
+            "because packed batches are fixed before training starts. Turn one off."
+        )
     stage = deepspeed_zero_stage(cfg.get("deepspeed"))
     if stage == 3:
         raise ValueError(

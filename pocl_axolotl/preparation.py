@@ -70,6 +70,11 @@ def load_datasets_with_difficulty(
     for column in (BUCKET_COLUMN, RANK_COLUMN):
         if column in train_dataset.column_names:
             train_dataset = train_dataset.remove_columns(column)
+    digest = hashlib.sha256(ranking.bucket.astype(np.int64).tobytes()).hexdigest()[:16]
+    LOG.info(
+        f"Difficulty buckets of {len(train_dataset)} samples ready, fingerprint {digest}",
+        main_process_only=False,
+    )
     train_dataset = train_dataset.add_column(BUCKET_COLUMN, ranking.bucket.tolist())
     train_dataset = train_dataset.add_column(RANK_COLUMN, ranking.rank.tolist())
     return TrainDatasetMeta(
@@ -111,7 +116,7 @@ def compute_or_load_ranking(cfg: DictDefault, pocl: PoclConfig, dataset) -> Diff
     entry = cache_root / key
     with FileLock(str(cache_root / f"{key}.lock")):
         if (entry / CACHE_FILE).exists():
-            LOG.info(f"Reusing cached difficulty scores from {entry}")
+            LOG.info(f"Reusing cached difficulty scores from {entry}", main_process_only=False)
             return load_cached_ranking(entry, pocl)
         if not cfg.is_preprocess:
             LOG.warning(
@@ -121,7 +126,7 @@ def compute_or_load_ranking(cfg: DictDefault, pocl: PoclConfig, dataset) -> Diff
         metrics = score_dataset(cfg, pocl, dataset)
         ranking = fuse_and_bucket(metrics, rrf_k=pocl.rrf_k, num_buckets=pocl.num_buckets)
         save_cache(entry, ranking, key)
-        LOG.info(f"Saved difficulty scores to {entry}")
+        LOG.info(f"Saved difficulty scores to {entry}", main_process_only=False)
         return ranking
 
 

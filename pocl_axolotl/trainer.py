@@ -19,7 +19,9 @@ from pocl_axolotl.args import PoclConfig
 from pocl_axolotl.curriculum import (
     CurriculumSampler,
     CurriculumSchedule,
+    LazyCurriculumSampler,
     PackedCurriculumBatchSampler,
+    PlateauStages,
     build_index_stream,
     build_packed_batches,
 )
@@ -31,6 +33,7 @@ BUCKET_COLUMN = "pocl_bucket"
 INDEX_COLUMN = "pocl_index"
 COLUMN_PREFIX = "pocl_"
 IGNORE_INDEX = -100
+STATE_FILE = "pocl_state.json"
 
 
 class PoclColumnCollator:
@@ -89,6 +92,8 @@ class PoclTrainer(AxolotlTrainer):
     pocl: PoclConfig | None = None
     teacher: torch.nn.Module | None = None
     schedule: CurriculumSchedule | None = None
+    # The stage boundaries: the schedule itself, or PlateauStages on top of it.
+    stages: CurriculumSchedule | PlateauStages | None = None
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -123,7 +128,38 @@ class PoclTrainer(AxolotlTrainer):
             len(self.processing_class),
         )
         self.data_collator = PoclColumnCollator(self.data_collator)
+        self.stages = self.schedule
+        if pocl.unlock_on_plateau is not None:
+            self.stages = PlateauStages(
+                self.schedule,
+                patience=pocl.unlock_on_plateau.patience,
+                min_relative_improvement=pocl.unlock_on_plateau.min_relative_improvement,
+                delay_steps=self._plateau_delay_steps(),
+            )
         self._log_schedule()
+
+    def _plateau_delay_steps(self) -> int:
+        """Steps between a plateau decision and the stage change it makes.
+
+        When the loss of step k is logged, the dataloader has fetched the
+        micro-batches of step k + 1 and, with workers, up to ``num_workers x
+        prefetch_factor`` more. The next stage starts after all of those.
+        """
+        workers = self.args.dataloader_num_workers
+        prefetched = workers * (self.args.dataloader_prefetch_factor or 2) if workers else 1
+        return 2 + -(-prefetched // self.args.gradient_accumulation_steps)
+
+    def stage_at(self, step: int) -> int:
+        """Return the curriculum stage of optimizer step ``step``."""
+        return self.stages.stage_at(step)
+
+    def temperature_at(self, step: int) -> float:
+        """Return the KD temperature of optimizer step ``step``."""
+        return self.schedule.stage_temperature(self.stage_at(step))
+
+    def kd_ratio_at(self, step: int) -> float:
+        """Return the KD weight of optimizer step ``step``."""
+        return self.schedule.stage_kd_ratio(self.stage_at(step))
 
     def _log_schedule(self) -> None:
         schedule = self.schedule
@@ -132,12 +168,13 @@ class PoclTrainer(AxolotlTrainer):
             start = schedule.stage_start(stage)
             stages.append(
                 f"stage {stage}: steps {start}-{schedule.stage_end(stage) - 1}, "
-                f"T={schedule.temperature_at(start):.3g}, "
-                f"kd_ratio={schedule.kd_ratio_at(start):.3g}"
+                f"T={schedule.stage_temperature(stage):.3g}, "
+                f"kd_ratio={schedule.stage_kd_ratio(stage):.3g}"
             )
+        plateau = ", earlier on a loss plateau" if isinstance(self.stages, PlateauStages) else ""
         LOG.info(
             f"POCL curriculum: {self.pocl.loss}, {schedule.num_stages} stages of "
-            f"{schedule.steps_per_stage} optimizer steps; " + "; ".join(stages)
+            f"{schedule.steps_per_stage} optimizer steps{plateau}; " + "; ".join(stages)
         )
 
     # Sampling --------------------------------------------------------------
@@ -155,14 +192,15 @@ class PoclTrainer(AxolotlTrainer):
         # Every optimizer step takes this many micro-batches from the stream,
         # and accelerate deals them out to the processes in turn.
         micro_batches_per_step = self.args.gradient_accumulation_steps * self.args.world_size
+        samples_per_step = self.args.per_device_train_batch_size * micro_batches_per_step
         if self.args.sample_packing:
             return self._packed_batch_sampler(buckets, micro_batches_per_step)
-        stream = build_index_stream(
-            buckets,
-            self.schedule,
-            self.args.per_device_train_batch_size * micro_batches_per_step,
-            self.args.seed,
-        )
+        if isinstance(self.stages, PlateauStages):
+            self._lazy_sampler = LazyCurriculumSampler(
+                buckets, self.stages, samples_per_step, self.args.seed
+            )
+            return self._lazy_sampler
+        stream = build_index_stream(buckets, self.schedule, samples_per_step, self.args.seed)
         return CurriculumSampler(stream)
 
     def _packed_batch_sampler(self, buckets, micro_batches_per_step) -> PackedCurriculumBatchSampler:
@@ -214,13 +252,57 @@ class PoclTrainer(AxolotlTrainer):
             if INDEX_COLUMN not in self._signature_columns:
                 self._signature_columns.append(INDEX_COLUMN)
 
-    def train(self, *args, **kwargs):
-        output = super().train(*args, **kwargs)
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        if self.pocl is not None and resume_from_checkpoint:
+            self._load_pocl_state(resume_from_checkpoint)
+        output = super().train(resume_from_checkpoint, *args, **kwargs)
         if self.pocl is not None and self.is_world_process_zero():
             # Hugging Face writes trainer_state.json only into checkpoints; the
             # final one keeps the pocl/* log history also when save_strategy is "no".
             self.state.save_to_json(str(Path(self.args.output_dir) / "trainer_state.json"))
         return output
+
+    def _save_checkpoint(self, model, trial, **kwargs):
+        super()._save_checkpoint(model, trial, **kwargs)
+        if isinstance(self.stages, PlateauStages) and self.is_world_process_zero():
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+            folder = Path(self._get_output_dir(trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            (folder / STATE_FILE).write_text(json.dumps(self.stages.state_dict()), encoding="utf-8")
+
+    def _load_pocl_state(self, checkpoint) -> None:
+        """Restore the plateau decisions saved with ``checkpoint``."""
+        if not isinstance(self.stages, PlateauStages):
+            return
+        if checkpoint is True:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+        path = Path(checkpoint) / STATE_FILE
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} is missing, so the stage boundaries that `pocl.unlock_on_plateau` "
+                "chose before this checkpoint are unknown; resume from a checkpoint "
+                "saved by pocl_axolotl with the same settings."
+            )
+        self.stages.load_state_dict(json.loads(path.read_text(encoding="utf-8")))
+        LOG.info(f"Restored the curriculum stages {self.stages.starts} from {path}")
+
+    def _observe_plateau(self, loss: float) -> None:
+        next_start = self.stages.observe(self.state.global_step, loss)
+        if next_start is None:
+            return
+        sampler = getattr(self, "_lazy_sampler", None)
+        if sampler is not None and sampler.last_step_drawn >= next_start:
+            raise RuntimeError(
+                f"The dataloader drew step {sampler.last_step_drawn} before the plateau "
+                f"decision for step {next_start}; lower dataloader_num_workers or "
+                "dataloader_prefetch_factor."
+            )
+        LOG.info(
+            f"Training loss plateaued at step {self.state.global_step}: stage "
+            f"{self.stage_at(next_start)} starts at step {next_start}"
+        )
 
     # Loss ------------------------------------------------------------------
 
@@ -236,14 +318,16 @@ class PoclTrainer(AxolotlTrainer):
             num_items_in_batch = local_tokens
         # A window without any supervised token gives 0, not 0 / 0.
         num_items_in_batch = torch.as_tensor(num_items_in_batch, device=labels.device).clamp(min=1)
-        step = self.state.global_step
+        # Training computes step global_step; evaluation scores the model as the
+        # last finished step left it, at that step's temperature and ratio.
+        step = self.state.global_step if model.training else max(self.state.global_step - 1, 0)
         if indices is not None and model.training:
             self._record_consumed(step, indices)
 
         outputs = model(**inputs, num_items_in_batch=num_items_in_batch)
         ce = outputs.loss
         kd = self._kd_term(outputs.logits, inputs, labels, step, num_items_in_batch)
-        ratio = self.schedule.kd_ratio_at(step)
+        ratio = self.kd_ratio_at(step)
         loss = ratio * kd + (1.0 - ratio) * ce
 
         # kd and ce are sums over this micro-batch divided by num_items_in_batch.
@@ -275,7 +359,7 @@ class PoclTrainer(AxolotlTrainer):
             teacher_logits,
             labels,
             loss=self.pocl.loss,
-            temperature=self.schedule.temperature_at(step),
+            temperature=self.temperature_at(step),
             jsd_beta=self.pocl.jsd_beta,
             skew_alpha=self.pocl.skew_alpha,
             scale_by_temperature_squared=self.pocl.scale_by_temperature_squared,
@@ -299,6 +383,8 @@ class PoclTrainer(AxolotlTrainer):
         if self.pocl is not None:
             if "loss" in logs:
                 logs.update(self._pocl_metrics("train", prefix="pocl/"))
+                if isinstance(self.stages, PlateauStages):
+                    self._observe_plateau(float(logs["loss"]))
             elif "eval_loss" in logs:
                 logs.update(self._pocl_metrics("eval", prefix="eval_pocl/"))
         super().log(logs, start_time)
@@ -318,13 +404,13 @@ class PoclTrainer(AxolotlTrainer):
         kd_sum, ce_sum, tokens = sums.tolist()
         self._totals[split] = LossTotals()
         metrics = {
-            f"{prefix}stage": self.schedule.stage_at(step),
-            f"{prefix}temperature": round(self.schedule.temperature_at(step), 6),
-            f"{prefix}kd_ratio": round(self.schedule.kd_ratio_at(step), 6),
+            f"{prefix}stage": self.stage_at(step),
+            f"{prefix}temperature": round(self.temperature_at(step), 6),
+            f"{prefix}kd_ratio": round(self.kd_ratio_at(step), 6),
         }
         bucket_sizes = getattr(self, "_bucket_sizes", None)
         if bucket_sizes:
-            unlocked = sum(bucket_sizes[: self.schedule.stage_at(step) + 1])
+            unlocked = sum(bucket_sizes[: self.stage_at(step) + 1])
             metrics[f"{prefix}unlocked_fraction"] = round(unlocked / sum(bucket_sizes), 6)
         if tokens > 0:
             metrics[f"{prefix}kd_loss"] = kd_sum / tokens
