@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from pocl_axolotl.args import PoclConfig, parse_pocl_config
-from pocl_axolotl.plugin import POCLPlugin
+from pocl_axolotl.plugin import POCLPlugin, deepspeed_zero_stage
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -148,3 +148,19 @@ def test_gpu_recipe_passes_schema():
     assert pocl.teacher_model == "Qwen/Qwen2.5-7B-Instruct"
     assert pocl.num_buckets == 4
     assert cfg.base_model == "Qwen/Qwen2.5-0.5B"
+
+
+def test_zero2_recipe_accepted(monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)
+    raw = yaml.safe_load(
+        (REPO_ROOT / "example_configs" / "qwen2.5-0.5b-from-7b-dolly-zero2.yml").read_text()
+    )
+    assert deepspeed_zero_stage(raw["deepspeed"]) == 2
+    cfg = _validate_with_axolotl(raw)
+    assert cfg.deepspeed.endswith("zero2.json")
+
+
+def test_readme_lists_every_key():
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    missing = [name for name in PoclConfig.model_fields if f"| `{name}` |" not in readme]
+    assert missing == []

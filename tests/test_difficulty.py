@@ -15,7 +15,13 @@ from axolotl.utils.dict import DictDefault
 from pocl_axolotl.args import parse_pocl_config
 from pocl_axolotl.difficulty import bucket_sizes, fuse_and_bucket, rank_metric
 from pocl_axolotl.preparation import compute_or_load_ranking, read_difficulty_file
-from pocl_axolotl.scoring import TokenizedSample, score_length, score_lm_loss, score_rouge_l
+from pocl_axolotl.scoring import (
+    TokenizedSample,
+    score_length,
+    score_lm_loss,
+    score_rouge_l,
+    score_teacher_kl,
+)
 from tiny_models import build_llama, build_tokenizer
 
 
@@ -245,3 +251,21 @@ def test_difficulty_file_sets_buckets(tmp_path, tokenizer):
     ranking = compute_or_load_ranking(cfg, pocl.model_copy(update={"difficulty_file": str(path)}), dataset)
     assert ranking.rank.tolist() == [4, 1, 3, 2]
     assert ranking.bucket.tolist() == [1, 0, 1, 0]
+
+
+def test_teacher_kl_zero_for_same_model(tokenizer, tmp_path):
+    model = build_llama(tmp_path / "model", tokenizer, seed=5)
+    other = build_llama(tmp_path / "other", tokenizer, seed=6)
+    samples = [_sample(tokenizer, "the quick", "brown fox"), _sample(tokenizer, "the", "lazy dog")]
+    same = score_teacher_kl(model, model, samples, pad_token_id=tokenizer.pad_token_id, batch_size=2)
+    different = score_teacher_kl(
+        model, other, samples, pad_token_id=tokenizer.pad_token_id, batch_size=2
+    )
+    assert same == pytest.approx([0.0, 0.0], abs=1e-6)
+    assert (different > 0).all()
+
+
+def test_length_counts_targets(tokenizer):
+    samples = [_sample(tokenizer, "the quick", "brown fox"), _sample(tokenizer, "the", "dog")]
+    # Two words and EOS, then one word and EOS.
+    assert score_length(samples).tolist() == [3.0, 2.0]

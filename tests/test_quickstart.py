@@ -827,3 +827,9 @@ def test_quickstart_end_to_end(tmp_path):
 
     assert "Phase times" in completed.stdout
     assert "Spearman correlation" in completed.stdout
+    # The measured difficulty follows the built-in data's known levels.
+    correlation = quickstart.level_rank_correlation(
+        training_lines, workdir / "student_pocl" / "pocl_difficulty.jsonl"
+    )
+    assert correlation["num_samples"] == len(training_lines)
+    assert correlation["spearman"] > 0.3
