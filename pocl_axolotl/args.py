@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from pocl_axolotl.losses import DEFAULT_CHUNK_SIZE as DEFAULT_KD_CHUNK_SIZE
+
 DIVERGENCE_NAMES = (
     "forward_kl",
     "reverse_kl",
@@ -22,9 +24,6 @@ DIVERGENCE_NAMES = (
 )
 DifficultyMetric = Literal["lm_loss", "rouge_l", "teacher_kl", "length"]
 
-# Positions of the KD loss processed at once; the losses module documents the
-# memory this bounds.
-DEFAULT_KD_CHUNK_SIZE = 256
 
 
 class PlateauConfig(BaseModel):
