@@ -87,11 +87,32 @@ def _padded_batch(samples, positions, pad_token_id, device):
     return input_ids.to(device), attention_mask.to(device), labels.to(device)
 
 
-def _per_sample_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` (B, T) over ``mask`` per row; NaN for a row without targets."""
-    counts = mask.sum(dim=1)
-    sums = (values * mask).sum(dim=1)
-    return torch.where(counts > 0, sums / counts.clamp(min=1), torch.nan)
+def supervised_logits(model, input_ids, attention_mask, mask) -> torch.Tensor:
+    """Return fp32 logits at the supervised positions only, shape ``(N, V)``.
+
+    Prompt positions need no logits, so the decoder's hidden states go through
+    the output layer only where ``mask`` is set. That skips most of the output
+    layer's work and memory on instruction data, whose prompts are long. Models
+    that rescale their logits after the output layer take the full forward.
+
+    Args:
+        model: A causal language model.
+        input_ids: Token ids, ``(B, T)``.
+        attention_mask: ``(B, T)``.
+        mask: Which positions' logits to return, ``(B, T)`` bool.
+    """
+    config = getattr(model, "config", None)
+    rescales = any(
+        getattr(config, name, None) not in (None, 1.0)
+        for name in ("final_logit_softcapping", "logit_scale", "logits_scaling")
+    )
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    output_layer = model.get_output_embeddings()
+    if rescales or decoder is None or output_layer is None:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return logits[mask].float()
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return output_layer(hidden[mask]).float()
 
 
 @torch.inference_mode()
@@ -105,7 +126,11 @@ def _run_forward_metric(
     show_progress: bool,
     per_token: Callable[[torch.Tensor, torch.Tensor, dict], torch.Tensor],
 ) -> np.ndarray:
-    """Run the model over length-sorted batches and average ``per_token`` per sample."""
+    """Average ``per_token`` over each sample's supervised positions.
+
+    ``per_token`` maps the ``(N, V)`` logits that predict the supervised tokens,
+    the ``(N,)`` target ids and the batch to ``(N,)`` values.
+    """
     device = next(model.parameters()).device
     values = np.full(len(samples), np.nan, dtype=np.float64)
     was_training = model.training
@@ -115,12 +140,21 @@ def _run_forward_metric(
             input_ids, attention_mask, labels = _padded_batch(
                 samples, positions, pad_token_id, device
             )
-            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-            targets = labels[:, 1:]  # (B, T - 1)
-            mask = (targets != IGNORE_INDEX).float()
-            batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-            token_values = per_token(logits[:, :-1].float(), targets, batch)
-            values[positions] = _per_sample_mean(token_values, mask).double().cpu().numpy()
+            # Position t predicts labels[t + 1]; the last position predicts nothing.
+            mask = torch.zeros_like(labels, dtype=torch.bool)
+            mask[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+            batch = {"input_ids": input_ids, "attention_mask": attention_mask, "mask": mask}
+            token_values = per_token(
+                supervised_logits(model, input_ids, attention_mask, mask),
+                labels[:, 1:][mask[:, :-1]],
+                batch,
+            )
+            rows = mask.nonzero(as_tuple=True)[0]
+            sums = torch.zeros(len(positions), dtype=torch.float64, device=device)
+            sums.index_add_(0, rows, token_values.double())
+            counts = mask.sum(dim=1)
+            means = torch.where(counts > 0, sums / counts.clamp(min=1), torch.nan)
+            values[positions] = means.cpu().numpy()
             bar.update(len(positions))
     model.train(was_training)
     return values
@@ -130,9 +164,7 @@ def score_lm_loss(model, samples, *, pad_token_id, batch_size, show_progress=Tru
     """Mean cross-entropy of each sample's supervised tokens; NaN without any."""
 
     def cross_entropy(logits, targets, _batch):
-        return F.cross_entropy(
-            logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
-        )
+        return F.cross_entropy(logits, targets, reduction="none")
 
     return _run_forward_metric(
         model, samples, pad_token_id=pad_token_id, batch_size=batch_size,
@@ -146,15 +178,17 @@ def score_teacher_kl(
     """Mean forward KL(teacher ‖ model) at temperature 1 over each sample's targets."""
     teacher_device = next(teacher.parameters()).device
 
-    def forward_kl(logits, targets, batch):
+    def forward_kl(logits, _targets, batch):
         with torch.inference_mode():
-            teacher_logits = teacher(
-                input_ids=batch["input_ids"].to(teacher_device),
-                attention_mask=batch["attention_mask"].to(teacher_device),
-            ).logits[:, :-1]
+            teacher_logits = supervised_logits(
+                teacher,
+                batch["input_ids"].to(teacher_device),
+                batch["attention_mask"].to(teacher_device),
+                batch["mask"].to(teacher_device),
+            ).to(logits.device)
         shared = min(logits.shape[-1], teacher_logits.shape[-1])
-        log_q = torch.log_softmax(logits[..., :shared], dim=-1)
-        log_p = torch.log_softmax(teacher_logits[..., :shared].float().to(logits.device), dim=-1)
+        log_q = torch.log_softmax(logits[:, :shared], dim=-1)
+        log_p = torch.log_softmax(teacher_logits[:, :shared], dim=-1)
         return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
 
     return _run_forward_metric(
