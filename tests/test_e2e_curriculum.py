@@ -241,3 +241,29 @@ def test_stage_learning_rate_restarts(workspace):
         assert rates[step] == pytest.approx(peak)
     for step in (2, 4, 6, 8):
         assert rates[step] == pytest.approx(peak / 2)
+
+
+def test_plateau_unlocks_early_and_resumes(workspace):
+    plateau = {
+        "num_buckets": 2,
+        "unlock_every": 12,
+        "unlock_on_plateau": {"patience": 1, "min_relative_improvement": 0.5},
+    }
+    settings = {"max_steps": 16, "save_strategy": "steps", "save_steps": 8, "pocl": plateau}
+    train(workspace, "plateau", **settings)
+    # The first logged loss sets the stage's best; the second does not halve
+    # it, so after step 2 stage 1 is set to start 3 steps later, at step 5,
+    # long before the fixed boundary at step 12.
+    stages = logged(workspace, "plateau", "pocl/stage")
+    assert [stages[step] for step in range(1, 17)] == [0] * 5 + [1] * 11
+    saved = json.loads((workspace / "plateau" / "checkpoint-8" / "pocl_state.json").read_text())
+    assert saved["starts"] == [0, 5]
+
+    checkpoint = workspace / "plateau" / "checkpoint-8"
+    train(workspace, "plateau_resumed", resume_from_checkpoint=str(checkpoint), **settings)
+    assert logged(workspace, "plateau_resumed", "pocl/stage") == stages
+    full = indices_per_step(consumed(workspace, "plateau"))
+    resumed = indices_per_step(consumed(workspace, "plateau_resumed"))
+    assert sorted(resumed) == list(range(8, 16))
+    for step in resumed:
+        assert resumed[step] == full[step]
