@@ -7,7 +7,11 @@ adds what Axolotl has no command for.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+
+# Parent of every logger of this package; see pocl_axolotl.log.
+PACKAGE_LOGGER = "axolotl.integrations.pocl_axolotl"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +49,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command named on the command line and return its exit status."""
     args = build_parser().parse_args(argv)
+    show_info_logs()
     return int(args.run(args) or 0)
+
+
+def show_info_logs() -> None:
+    """Print this package's INFO records when nothing has set up Axolotl's logging."""
+    package_logger = logging.getLogger(PACKAGE_LOGGER)
+    if logging.getLogger("axolotl").handlers or package_logger.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[%(asctime)s] [%(levelname)s] %(message)s"))
+    package_logger.addHandler(handler)
+    package_logger.setLevel(logging.INFO)
+    package_logger.propagate = False
 
 
 if __name__ == "__main__":

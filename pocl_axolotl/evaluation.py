@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from axolotl.utils.logging import get_logger
+from pocl_axolotl.log import get_logger
 from pocl_axolotl.generation import generate_token_ids
 from pocl_axolotl.rouge import rouge_l_f1
 

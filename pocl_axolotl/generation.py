@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
-from axolotl.utils.logging import get_logger
+from pocl_axolotl.log import get_logger
 
 LOG = get_logger(__name__)
 

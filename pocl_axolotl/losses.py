@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 
 try:
-    from axolotl.utils.logging import get_logger
+    from pocl_axolotl.log import get_logger
 except ImportError:  # the divergences are usable without Axolotl installed
     import logging
 

@@ -417,7 +417,7 @@ def test_evaluate_greedy(model_dir, data_file):
 
 
 def test_evaluate_truncation_counted(model_dir, data_file, caplog):
-    with caplog.at_level(logging.WARNING, logger="pocl_axolotl.evaluation"):
+    with caplog.at_level(logging.WARNING, logger="axolotl.integrations.pocl_axolotl.evaluation"):
         result = _evaluate(model_dir, data_file, seeds=[1], max_prompt_tokens=5)
     entry = result["files"][0]
     assert entry["truncated_prompts"] == len(RECORDS)

@@ -14,7 +14,7 @@ from pocl_axolotl.losses import (
     kd_loss,
 )
 
-LOGGER_NAME = "pocl_axolotl.losses"
+LOGGER_NAME = "axolotl.integrations.pocl_axolotl.losses"
 
 
 # --- Naive reference ------------------------------------------------------------------
