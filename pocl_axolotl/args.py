@@ -177,6 +177,15 @@ class PoclConfig(BaseModel):
             "the `pocl_difficulty.jsonl` report of an earlier run (its `rank` is used)."
         ),
     )
+    references_file: str | None = Field(
+        default=None,
+        description=(
+            "JSON Lines file with several reference responses per prompt for "
+            "`rouge_l` (`output` a string or a list of strings, plus `prompt`, or "
+            "`instruction` and `input`). A training sample whose prompt matches a "
+            "line scores the best ROUGE-L over those references and its own."
+        ),
+    )
     kd_chunk_size: int = Field(
         default=DEFAULT_KD_CHUNK_SIZE,
         ge=1,

@@ -156,6 +156,13 @@ def model_fingerprint(name: str) -> dict:
     return {"name": str(path.resolve()), "files": files}
 
 
+def file_digest(path: Path) -> str:
+    """Hash a file's bytes."""
+    if not path.is_file():
+        raise ValueError(f"`pocl.references_file: {path}` does not exist.")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def cache_key(cfg: DictDefault, pocl: PoclConfig, dataset) -> str:
     """Hash everything that changes the ranking into the name of a cache entry."""
     scoring_model = pocl.scoring_model or cfg.base_model
@@ -172,6 +179,8 @@ def cache_key(cfg: DictDefault, pocl: PoclConfig, dataset) -> str:
     }
     if "teacher_kl" in pocl.difficulty_metrics:
         payload["teacher"] = model_fingerprint(pocl.teacher_model)
+    if pocl.references_file and "rouge_l" in pocl.difficulty_metrics:
+        payload["references"] = file_digest(Path(pocl.references_file))
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -309,9 +318,18 @@ def score_dataset(cfg: DictDefault, pocl: PoclConfig, dataset) -> dict[str, np.n
                 model, samples, pad_token_id=pad_token_id, batch_size=batch_size
             )
         elif metric == "rouge_l":
+            extra = None
+            if pocl.references_file:
+                extra = scoring.references_by_prompt(pocl.references_file, tokenizer)
+                matched = sum(tuple(sample.prompt_ids) in extra for sample in samples)
+                LOG.info(
+                    f"{matched} of {len(samples)} samples have more references in "
+                    f"{pocl.references_file}"
+                )
             metrics[metric] = scoring.score_rouge_l(
                 model, tokenizer, samples,
                 max_new_tokens=pocl.scoring_max_new_tokens, batch_size=batch_size,
+                extra_references=extra,
             )
         elif metric == "teacher_kl":
             from pocl_axolotl.teacher import load_teacher, resolve_dtype

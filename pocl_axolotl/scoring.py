@@ -8,7 +8,7 @@ Shapes: ``B`` batch, ``T`` sequence length, ``V`` vocabulary size.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -212,10 +212,16 @@ def score_rouge_l(
     max_new_tokens: int,
     batch_size: int,
     show_progress: bool = True,
+    extra_references: Mapping[tuple[int, ...], Sequence[str]] | None = None,
 ) -> np.ndarray:
     """ROUGE-L F1 of the model's greedy response against each sample's reference.
 
     A sample without a supervised token or without a prompt token scores NaN.
+
+    Args:
+        extra_references: More reference responses per prompt, keyed by the
+            prompt's token ids. A sample whose prompt is a key scores the best
+            ROUGE-L over those references and its own.
     """
     values = np.full(len(samples), np.nan, dtype=np.float64)
     usable = [
@@ -232,8 +238,32 @@ def score_rouge_l(
         batch_size=batch_size,
         progress_desc="Scoring rouge_l" if show_progress else None,
     )
+    extra_references = extra_references or {}
     for i, response in zip(usable, responses):
         prediction = tokenizer.decode(response, skip_special_tokens=True).strip()
         reference = tokenizer.decode(samples[i].reference_ids, skip_special_tokens=True).strip()
-        values[i] = rouge_l_f1(prediction, reference) if reference else np.nan
+        references = [reference, *extra_references.get(tuple(samples[i].prompt_ids), ())]
+        references = [text for text in references if text.strip()]
+        values[i] = rouge_l_f1(prediction, references) if references else np.nan
     return values
+
+
+def references_by_prompt(path, tokenizer) -> dict[tuple[int, ...], list[str]]:
+    """Read the reference responses of a JSON Lines file, keyed by prompt tokens.
+
+    Each line has `output` (a string or a list of strings) and either `prompt` or
+    `instruction` with an optional `input`, rendered with Axolotl's Alpaca
+    template as `type: alpaca` does. The key is the prompt's token ids as the
+    tokenizer encodes them, with its special tokens.
+
+    Raises:
+        pocl_axolotl.evaluation.EvalDataError: A line is malformed; the message
+            names the file and the line number.
+    """
+    from pocl_axolotl.evaluation import read_eval_file
+
+    table: dict[tuple[int, ...], list[str]] = {}
+    for sample in read_eval_file(path):
+        key = tuple(tokenizer(sample.prompt)["input_ids"])
+        table.setdefault(key, []).extend(sample.references)
+    return table

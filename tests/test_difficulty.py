@@ -17,6 +17,7 @@ from pocl_axolotl.difficulty import bucket_sizes, fuse_and_bucket, rank_metric
 from pocl_axolotl.preparation import compute_or_load_ranking, read_difficulty_file
 from pocl_axolotl.scoring import (
     TokenizedSample,
+    references_by_prompt,
     score_length,
     score_lm_loss,
     score_rouge_l,
@@ -269,3 +270,28 @@ def test_length_counts_targets(tokenizer):
     samples = [_sample(tokenizer, "the quick", "brown fox"), _sample(tokenizer, "the", "dog")]
     # Two words and EOS, then one word and EOS.
     assert score_length(samples).tolist() == [3.0, 2.0]
+
+
+def test_rouge_l_takes_best_reference(tokenizer, tmp_path):
+    target = _sample(tokenizer, "the quick brown fox", "jumps over the lazy dog")
+    model = _overfit(build_llama(tmp_path / "model", tokenizer, seed=1), [target.input_ids])
+    other = _sample(tokenizer, "the quick brown fox", "yes no maybe")
+    alone = score_rouge_l(model, tokenizer, [other], max_new_tokens=10, batch_size=1)
+    extra = {tuple(other.prompt_ids): ["maybe yes", "jumps over the lazy dog"]}
+    best = score_rouge_l(
+        model, tokenizer, [other], max_new_tokens=10, batch_size=1, extra_references=extra
+    )
+    assert alone[0] < 0.5
+    assert best[0] == pytest.approx(1.0)
+
+
+def test_references_keyed_by_prompt(tokenizer, tmp_path):
+    path = tmp_path / "references.jsonl"
+    records = [
+        {"prompt": "the quick brown fox", "output": ["jumps", "sleeps"]},
+        {"prompt": "the lazy dog", "output": "yes"},
+    ]
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    table = references_by_prompt(path, tokenizer)
+    assert table[tuple(tokenizer("the quick brown fox")["input_ids"])] == ["jumps", "sleeps"]
+    assert table[tuple(tokenizer("the lazy dog")["input_ids"])] == ["yes"]
