@@ -57,6 +57,8 @@ def load_datasets_with_difficulty(
     """
     check_tokenizers(cfg, pocl)
     meta = load_datasets(cfg=cfg)
+    if not preprocess:
+        check_schedule_fits(cfg, pocl, meta.total_num_steps)
     if pocl.num_buckets == 1:
         LOG.info("pocl.num_buckets is 1: no curriculum, so no difficulty scoring.")
         return meta
@@ -104,8 +106,35 @@ def check_tokenizers(cfg: DictDefault, pocl: PoclConfig) -> None:
         check_same_tokenizer(student_tokenizer, pocl.scoring_model, "pocl.scoring_model")
 
 
+def check_schedule_fits(cfg: DictDefault, pocl: PoclConfig, total_num_steps: int | None) -> None:
+    """Raise before scoring or loading a model if the run is too short for the stages."""
+    from pocl_axolotl.curriculum import CurriculumSchedule
+
+    total_steps = cfg.max_steps or total_num_steps
+    if total_steps and total_steps > 0:
+        CurriculumSchedule.from_settings(
+            num_buckets=pocl.num_buckets,
+            total_steps=total_steps,
+            unlock_every=pocl.unlock_every,
+            temperature_start=pocl.temperature_start,
+            temperature_end=pocl.temperature_end,
+            kd_ratio_start=pocl.kd_ratio_start,
+            kd_ratio_end=pocl.kd_ratio_end,
+        )
+
+
 def compute_or_load_ranking(cfg: DictDefault, pocl: PoclConfig, dataset) -> DifficultyRanking:
-    """Return the cached ranking of ``dataset`` or compute and cache it."""
+    """Return the cached ranking of ``dataset`` or compute and cache it.
+
+    Raises:
+        ValueError: The dataset has fewer samples than buckets, or the difficulty
+            file does not match it; both before any model loads.
+    """
+    if len(dataset) < pocl.num_buckets:
+        raise ValueError(
+            f"The training dataset has {len(dataset)} samples, fewer than "
+            f"`pocl.num_buckets` ({pocl.num_buckets}); lower num_buckets or add data."
+        )
     if pocl.difficulty_file:
         difficulty = read_difficulty_file(Path(pocl.difficulty_file), len(dataset))
         return ranking_from_difficulty(difficulty, pocl.num_buckets)

@@ -14,7 +14,11 @@ from axolotl.utils.dict import DictDefault
 
 from pocl_axolotl.args import parse_pocl_config
 from pocl_axolotl.difficulty import bucket_sizes, fuse_and_bucket, rank_metric
-from pocl_axolotl.preparation import compute_or_load_ranking, read_difficulty_file
+from pocl_axolotl.preparation import (
+    check_schedule_fits,
+    compute_or_load_ranking,
+    read_difficulty_file,
+)
 from pocl_axolotl.scoring import (
     TokenizedSample,
     references_by_prompt,
@@ -295,3 +299,17 @@ def test_references_keyed_by_prompt(tokenizer, tmp_path):
     table = references_by_prompt(path, tokenizer)
     assert table[tuple(tokenizer("the quick brown fox")["input_ids"])] == ["jumps", "sleeps"]
     assert table[tuple(tokenizer("the lazy dog")["input_ids"])] == ["yes"]
+
+
+def test_tiny_dataset_rejected_before_scoring(tmp_path, tokenizer):
+    cfg, pocl, dataset = _tiny_run(tmp_path, tokenizer, num_buckets=5)
+    with pytest.raises(ValueError, match=r"4 samples, fewer than `pocl.num_buckets` \(5\)"):
+        compute_or_load_ranking(cfg, pocl, dataset)
+    assert not list((tmp_path / "prepared" / "pocl_difficulty").glob("*/difficulty.json"))
+
+
+def test_short_run_rejected_before_scoring():
+    pocl = parse_pocl_config({"teacher_model": "teacher", "num_buckets": 4})
+    with pytest.raises(ValueError, match=r"3 optimizer steps"):
+        check_schedule_fits(DictDefault({"max_steps": 3}), pocl, None)
+    check_schedule_fits(DictDefault({}), pocl, 40)
