@@ -1,9 +1,11 @@
 """The curriculum schedule and the sampler that follows it.
 
-Everything here is a pure function of the configuration, the seed and the
-optimizer step: stage, temperature, KD ratio and the pool of unlocked buckets at
-step k never depend on wall-clock time, dataloader prefetching or on whether the
-run was resumed. Stage s (0-based) trains on the union of buckets 0..s.
+With fixed stage lengths everything here is a pure function of the
+configuration, the seed and the optimizer step: stage, temperature, KD ratio and
+the pool of unlocked buckets at step k never depend on wall-clock time,
+dataloader prefetching or on whether the run was resumed. ``PlateauStages`` adds
+one more input, the logged training losses, and saves its decisions in the
+checkpoint. Stage s (0-based) trains on the union of buckets 0..s.
 
 Steps are 0-based indices of optimizer steps: the step that Hugging Face's
 ``Trainer`` computes while ``state.global_step == k`` is step k.
@@ -119,17 +121,18 @@ class CurriculumSchedule:
         return self.stage_kd_ratio(self.stage_at(step))
 
 
-def build_index_stream(
+def iter_index_stream(
     buckets: Sequence[int],
     schedule: CurriculumSchedule,
     samples_per_step: int,
     seed: int,
-) -> np.ndarray:
-    """Build the dataset indices of every optimizer step of the run, in order.
+) -> Iterator[int]:
+    """Yield the dataset indices of every optimizer step of the run, in order.
 
     Step k takes ``samples_per_step`` consecutive indices, all drawn from the
     buckets unlocked at step k. Each stage walks through seeded permutations of its
-    pool, a new permutation each time the pool is used up.
+    pool, a new permutation each time the pool is used up. Only one permutation is
+    held at a time, so memory grows with the dataset, not with the run.
 
     Args:
         buckets: Bucket of each sample of the training dataset, shape ``(N,)``.
@@ -138,20 +141,27 @@ def build_index_stream(
             batch size x gradient accumulation steps x number of processes.
         seed: The run's seed.
 
-    Returns:
-        Indices of shape ``(schedule.total_steps * samples_per_step,)``.
-
     Raises:
-        ValueError: A bucket id is outside ``[0, num_stages)``, or stage 0 has an
+        ValueError: A bucket id is outside ``[0, num_stages)``, or a stage has an
             empty pool.
     """
     bucket_array = _check_buckets(buckets, schedule.num_stages)
-    parts = []
-    for stage in range(schedule.num_stages):
-        pool = _stage_pool(bucket_array, stage)
+    pools = [_stage_pool(bucket_array, stage) for stage in range(schedule.num_stages)]
+    for stage, pool in enumerate(pools):
         needed = (schedule.stage_end(stage) - schedule.stage_start(stage)) * samples_per_step
-        parts.append(_draw_from_pool(pool, needed, seed, stage))
-    return np.concatenate(parts)
+        yield from itertools.islice(_pool_stream(pool, seed, stage), needed)
+
+
+def build_index_stream(
+    buckets: Sequence[int],
+    schedule: CurriculumSchedule,
+    samples_per_step: int,
+    seed: int,
+) -> np.ndarray:
+    """Return ``iter_index_stream`` as an array of shape ``(total_steps * samples_per_step,)``."""
+    count = schedule.total_steps * samples_per_step
+    stream = iter_index_stream(buckets, schedule, samples_per_step, seed)
+    return np.fromiter(stream, dtype=np.int64, count=count)
 
 
 def _check_buckets(buckets: Sequence[int], num_stages: int) -> np.ndarray:
@@ -177,13 +187,6 @@ def _pool_stream(pool: np.ndarray, seed: int, stage: int) -> Iterator[int]:
     for epoch in itertools.count():
         generator = np.random.default_rng([seed, stage, epoch])
         yield from generator.permutation(pool).tolist()
-
-
-def _draw_from_pool(pool: np.ndarray, count: int, seed: int, stage: int) -> np.ndarray:
-    """Return the first ``count`` indices of the stage's stream of permutations."""
-    return np.fromiter(
-        itertools.islice(_pool_stream(pool, seed, stage), count), dtype=np.int64, count=count
-    )
 
 
 def build_packed_batches(
@@ -272,22 +275,31 @@ class PackedCurriculumBatchSampler(BatchSampler):
 
 
 class CurriculumSampler(Sampler[int]):
-    """Sampler that yields a precomputed curriculum index stream.
+    """Sampler that yields the curriculum index stream of the whole run.
 
     The stream covers the whole run, so the Trainer sees a single epoch of
     ``total_steps`` optimizer steps. Accelerate shards its micro-batches across
     processes, which gives every rank a disjoint share of each optimizer step's
-    indices.
+    indices. Every iteration yields the same stream.
     """
 
-    def __init__(self, stream: np.ndarray):
-        self.stream = stream
+    def __init__(
+        self,
+        buckets: Sequence[int],
+        schedule: CurriculumSchedule,
+        samples_per_step: int,
+        seed: int,
+    ):
+        self.buckets = _check_buckets(buckets, schedule.num_stages)
+        self.schedule = schedule
+        self.samples_per_step = samples_per_step
+        self.seed = seed
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.stream.tolist())
+        return iter_index_stream(self.buckets, self.schedule, self.samples_per_step, self.seed)
 
     def __len__(self) -> int:
-        return int(self.stream.size)
+        return self.schedule.total_steps * self.samples_per_step
 
 
 class PlateauStages:

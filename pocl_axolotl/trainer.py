@@ -22,7 +22,6 @@ from pocl_axolotl.curriculum import (
     LazyCurriculumSampler,
     PackedCurriculumBatchSampler,
     PlateauStages,
-    build_index_stream,
     build_packed_batches,
 )
 from pocl_axolotl.losses import check_vocab_sizes, kd_loss
@@ -100,6 +99,11 @@ class PoclTrainer(AxolotlTrainer):
         # compute_loss divides both terms by num_items_in_batch itself, so the
         # Trainer must pass it and must not divide by the accumulation steps again.
         self.model_accepts_loss_kwargs = True
+        # Axolotl 0.19.0 turns this off, which makes num_items_in_batch each
+        # process's own token count, so DDP would average per-process means. With
+        # it on, both terms are means over every process's tokens of the step, and
+        # the loss does not depend on how the tokens fall on the processes.
+        self.args.average_tokens_across_devices = True
         self._totals = {"train": LossTotals(), "eval": LossTotals()}
         self._consumed_log: Path | None = None
 
@@ -200,8 +204,7 @@ class PoclTrainer(AxolotlTrainer):
                 buckets, self.stages, samples_per_step, self.args.seed
             )
             return self._lazy_sampler
-        stream = build_index_stream(buckets, self.schedule, samples_per_step, self.args.seed)
-        return CurriculumSampler(stream)
+        return CurriculumSampler(buckets, self.schedule, samples_per_step, self.args.seed)
 
     def _packed_batch_sampler(self, buckets, micro_batches_per_step) -> PackedCurriculumBatchSampler:
         from axolotl.utils.samplers import get_dataset_lengths

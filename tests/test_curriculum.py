@@ -115,11 +115,14 @@ def test_stream_rejects_unknown_bucket():
         build_index_stream([0, 1, 5], make_schedule(), 2, seed=0)
 
 
-def test_sampler_yields_stream():
-    stream = np.array([3, 1, 2])
-    sampler = CurriculumSampler(stream)
-    assert list(sampler) == [3, 1, 2]
-    assert len(sampler) == 3
+def test_sampler_yields_stream_twice():
+    buckets = _buckets()
+    schedule = make_schedule()
+    sampler = CurriculumSampler(buckets, schedule, samples_per_step=3, seed=5)
+    expected = build_index_stream(buckets, schedule, 3, seed=5).tolist()
+    assert list(sampler) == expected
+    assert list(sampler) == expected
+    assert len(sampler) == len(expected)
 
 
 def make_plateau(total_steps=40, patience=2, min_relative_improvement=0.1, delay_steps=2):

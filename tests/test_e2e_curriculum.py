@@ -144,6 +144,18 @@ def test_two_processes_share_each_step(workspace):
     stages = logged(workspace, "ddp", "pocl/stage")
     assert [stages[step] for step in sorted(stages)] == [expected_stage(s) for s in range(MAX_STEPS)]
 
+    # One process with the whole global batch trains on the same samples and
+    # must see the same per-token loss and gradient.
+    train(workspace, "ddp_reference", micro_batch_size=2 * config["micro_batch_size"])
+    single = indices_per_step(consumed(workspace, "ddp_reference"))
+    for step in range(MAX_STEPS):
+        assert sorted(single[step]) == sorted(ranks[0][step] + ranks[1][step])
+    for key in ("loss", "grad_norm", "pocl/kd_loss", "pocl/ce_loss"):
+        distributed = logged(workspace, "ddp", key)
+        reference = logged(workspace, "ddp_reference", key)
+        for step in range(1, MAX_STEPS + 1):
+            assert distributed[step] == pytest.approx(reference[step], rel=1e-3), (key, step)
+
 
 def test_packed_run_respects_schedule(workspace):
     train(workspace, "packed", sample_packing=True, micro_batch_size=2, eval_sample_packing=False)
