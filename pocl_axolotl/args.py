@@ -172,9 +172,11 @@ class PoclConfig(BaseModel):
     difficulty_file: str | None = Field(
         default=None,
         description=(
-            "JSON Lines file of precomputed difficulty: one object per training "
-            "sample in dataset order with a `difficulty` value (lower is easier), or "
-            "the `pocl_difficulty.jsonl` report of an earlier run (its `rank` is used)."
+            "JSON Lines file of precomputed difficulty (`difficulty`, lower is "
+            "easier), used instead of scoring. Lines are matched to training samples "
+            "by `prompt` (or `instruction` and `input`), by `index` as in an earlier "
+            "run's pocl_difficulty.jsonl (its `rank` is used), or by position when "
+            "`shuffle_merged_datasets: false`."
         ),
     )
     references_file: str | None = Field(

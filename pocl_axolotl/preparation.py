@@ -136,7 +136,7 @@ def compute_or_load_ranking(cfg: DictDefault, pocl: PoclConfig, dataset) -> Diff
             f"`pocl.num_buckets` ({pocl.num_buckets}); lower num_buckets or add data."
         )
     if pocl.difficulty_file:
-        difficulty = read_difficulty_file(Path(pocl.difficulty_file), len(dataset))
+        difficulty = difficulty_from_file(cfg, Path(pocl.difficulty_file), dataset)
         return ranking_from_difficulty(difficulty, pocl.num_buckets)
 
     cache_root = Path(cfg.dataset_prepared_path or DEFAULT_DATASET_PREPARED_PATH) / "pocl_difficulty"
@@ -145,7 +145,11 @@ def compute_or_load_ranking(cfg: DictDefault, pocl: PoclConfig, dataset) -> Diff
     entry = cache_root / key
     with FileLock(str(cache_root / f"{key}.lock")):
         if (entry / CACHE_FILE).exists():
-            LOG.info(f"Reusing cached difficulty scores from {entry}", main_process_only=False)
+            LOG.info(
+                f"Reusing cached difficulty scores from {entry}; fusing them with "
+                f"rrf_k={pocl.rrf_k:g} into {pocl.num_buckets} buckets",
+                main_process_only=False,
+            )
             return load_cached_ranking(entry, pocl)
         if not cfg.is_preprocess:
             LOG.warning(
@@ -157,6 +161,31 @@ def compute_or_load_ranking(cfg: DictDefault, pocl: PoclConfig, dataset) -> Diff
         save_cache(entry, ranking, key)
         LOG.info(f"Saved difficulty scores to {entry}", main_process_only=False)
         return ranking
+
+
+def difficulty_from_file(cfg: DictDefault, path: Path, dataset) -> np.ndarray:
+    """Read `pocl.difficulty_file` and match its lines to the training samples."""
+    from axolotl.loaders import load_tokenizer
+
+    from pocl_axolotl.difficulty_file import read_difficulty_file
+    from pocl_axolotl.scoring import TokenizedSample
+
+    prompts = [
+        tuple(TokenizedSample(list(input_ids), list(labels)).prompt_ids)
+        for input_ids, labels in zip(dataset["input_ids"], dataset["labels"])
+    ]
+    tokenizer = None
+
+    def tokenize(prompt: str) -> tuple[int, ...]:
+        nonlocal tokenizer
+        tokenizer = tokenizer or load_tokenizer(cfg)
+        return tuple(tokenizer(prompt)["input_ids"])
+
+    # Axolotl keeps a single dataset's order with either setting (merge_datasets).
+    keeps_order = cfg.shuffle_merged_datasets is False or (
+        len(cfg.datasets or []) == 1 and bool(cfg.curriculum_sampling)
+    )
+    return read_difficulty_file(path, prompts, tokenize, keeps_order=keeps_order)
 
 
 def dataset_fingerprint(dataset) -> str:
@@ -193,21 +222,24 @@ def file_digest(path: Path) -> str:
 
 
 def cache_key(cfg: DictDefault, pocl: PoclConfig, dataset) -> str:
-    """Hash everything that changes the ranking into the name of a cache entry."""
+    """Hash everything that changes the metric values into the name of a cache entry.
+
+    `rrf_k` and `num_buckets` only change how the cached values are fused, which
+    runs again on every load, so changing them reuses the scores.
+    """
     scoring_model = pocl.scoring_model or cfg.base_model
     payload = {
         "version": SCORING_VERSION,
         "dataset": dataset_fingerprint(dataset),
         "scoring_model": model_fingerprint(scoring_model),
         "metrics": list(pocl.difficulty_metrics),
-        "rrf_k": pocl.rrf_k,
-        "num_buckets": pocl.num_buckets,
         "max_new_tokens": pocl.scoring_max_new_tokens,
         "batch_size": pocl.scoring_batch_size,
         "dtype": scoring_dtype_name(cfg),
     }
     if "teacher_kl" in pocl.difficulty_metrics:
         payload["teacher"] = model_fingerprint(pocl.teacher_model)
+        payload["teacher_dtype"] = pocl.teacher_dtype
     if pocl.references_file and "rouge_l" in pocl.difficulty_metrics:
         payload["references"] = file_digest(Path(pocl.references_file))
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
@@ -252,67 +284,6 @@ def load_cached_ranking(entry: Path, pocl: PoclConfig) -> DifficultyRanking:
 
 def _json_floats(values: np.ndarray) -> list[float | None]:
     return [float(value) if math.isfinite(value) else None for value in values]
-
-
-def read_difficulty_file(path: Path, num_samples: int) -> np.ndarray:
-    """Read one difficulty per training sample from a JSON Lines file.
-
-    Each line is a number, an object with `difficulty` (lower is easier), or a line
-    of an earlier run's ``pocl_difficulty.jsonl`` (its `index` and `rank`).
-
-    Raises:
-        ValueError: A line is malformed, or the file's length differs from the
-            dataset's.
-    """
-    if not path.is_file():
-        raise ValueError(f"`pocl.difficulty_file: {path}` does not exist.")
-    values: list[float] = []
-    indices: list[int] = []
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line_number}: invalid JSON ({error.msg}).") from None
-            value, index = _difficulty_of(item, path, line_number)
-            values.append(value)
-            if index is not None:
-                indices.append(index)
-    if len(values) != num_samples:
-        raise ValueError(
-            f"`pocl.difficulty_file: {path}` has {len(values)} values but the training "
-            f"dataset has {num_samples} samples; it needs one value per sample, in "
-            "dataset order."
-        )
-    difficulty = np.array(values, dtype=np.float64)
-    if indices:
-        if sorted(indices) != list(range(num_samples)):
-            raise ValueError(
-                f"The `index` values of {path} are not a permutation of 0..{num_samples - 1}."
-            )
-        ordered = np.empty(num_samples, dtype=np.float64)
-        ordered[np.array(indices)] = difficulty
-        difficulty = ordered
-    return difficulty
-
-
-def _difficulty_of(item, path: Path, line_number: int) -> tuple[float, int | None]:
-    if isinstance(item, (int, float)) and not isinstance(item, bool):
-        return float(item), None
-    if isinstance(item, dict) and "difficulty" in item:
-        return _as_float(item["difficulty"]), item.get("index")
-    if isinstance(item, dict) and "rank" in item and "index" in item:
-        return _as_float(item["rank"]), int(item["index"])
-    raise ValueError(
-        f"{path}:{line_number}: expected a number, an object with `difficulty`, or a "
-        f"pocl_difficulty.jsonl line with `index` and `rank`; got {str(item)[:80]}"
-    )
-
-
-def _as_float(value) -> float:
-    return float("nan") if value is None else float(value)
 
 
 def score_dataset(cfg: DictDefault, pocl: PoclConfig, dataset) -> dict[str, np.ndarray]:

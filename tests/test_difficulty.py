@@ -14,11 +14,8 @@ from axolotl.utils.dict import DictDefault
 
 from pocl_axolotl.args import parse_pocl_config
 from pocl_axolotl.difficulty import bucket_sizes, fuse_and_bucket, rank_metric
-from pocl_axolotl.preparation import (
-    check_schedule_fits,
-    compute_or_load_ranking,
-    read_difficulty_file,
-)
+from pocl_axolotl.difficulty_file import read_difficulty_file
+from pocl_axolotl.preparation import check_schedule_fits, compute_or_load_ranking
 from pocl_axolotl.scoring import (
     TokenizedSample,
     references_by_prompt,
@@ -201,7 +198,7 @@ def _cache_entries(tmp_path):
     return sorted(path.name for path in root.iterdir() if path.is_dir())
 
 
-def test_cache_reused_then_invalidated(tmp_path, tokenizer, caplog):
+def test_cache_reused_when_unchanged(tmp_path, tokenizer, caplog):
     caplog.set_level(logging.INFO)
     cfg, pocl, dataset = _tiny_run(tmp_path, tokenizer)
     first = compute_or_load_ranking(cfg, pocl, dataset)
@@ -214,8 +211,29 @@ def test_cache_reused_then_invalidated(tmp_path, tokenizer, caplog):
     assert np.array_equal(first.rank, again.rank)
     assert _cache_entries(tmp_path) == entries
 
+
+def test_cache_fuses_again_for_rrf_k(tmp_path, tokenizer, caplog):
+    caplog.set_level(logging.INFO)
+    cfg, pocl, dataset = _tiny_run(tmp_path, tokenizer)
+    first = compute_or_load_ranking(cfg, pocl, dataset)
+
     caplog.clear()
-    changed = pocl.model_copy(update={"rrf_k": 10.0})
+    changed = pocl.model_copy(update={"rrf_k": 0.0, "num_buckets": 4})
+    ranking = compute_or_load_ranking(cfg, changed, dataset)
+    assert "fusing them with rrf_k=0 into 4 buckets" in caplog.text
+    expected = fuse_and_bucket(first.metrics, rrf_k=0.0, num_buckets=4)
+    assert np.array_equal(ranking.fused_score, expected.fused_score, equal_nan=True)
+    assert ranking.bucket.tolist() == expected.bucket.tolist()
+    assert len(_cache_entries(tmp_path)) == 1
+
+
+def test_cache_rescored_for_new_generation(tmp_path, tokenizer, caplog):
+    caplog.set_level(logging.INFO)
+    cfg, pocl, dataset = _tiny_run(tmp_path, tokenizer)
+    compute_or_load_ranking(cfg, pocl, dataset)
+
+    caplog.clear()
+    changed = pocl.model_copy(update={"scoring_max_new_tokens": 2})
     compute_or_load_ranking(cfg, changed, dataset)
     assert "Reusing cached difficulty scores" not in caplog.text
     assert len(_cache_entries(tmp_path)) == 2
@@ -228,32 +246,78 @@ def test_cache_leaves_no_temporary_folder(tmp_path, tokenizer):
     assert not [path for path in root.iterdir() if path.name.startswith(".")]
 
 
+def _write_lines(path, records):
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return path
+
+
+def _no_tokenizer(prompt):
+    raise AssertionError("positional and indexed lines need no tokenizer")
+
+
 def test_difficulty_file_wrong_length_rejected(tmp_path):
-    path = tmp_path / "scores.jsonl"
-    path.write_text("1.0\n2.0\n3.0\n")
+    path = _write_lines(tmp_path / "scores.jsonl", [1.0, 2.0, 3.0])
     with pytest.raises(ValueError, match="has 3 values but the training dataset has 4"):
-        read_difficulty_file(path, 4)
+        read_difficulty_file(path, [(1,)] * 4, _no_tokenizer, keeps_order=True)
+
+
+def test_difficulty_file_positional_needs_order(tmp_path):
+    path = _write_lines(tmp_path / "scores.jsonl", [1.0, 2.0])
+    with pytest.raises(ValueError, match="shuffle_merged_datasets: false"):
+        read_difficulty_file(path, [(1,), (2,)], _no_tokenizer, keeps_order=False)
+    kept = read_difficulty_file(path, [(1,), (2,)], _no_tokenizer, keeps_order=True)
+    assert kept.tolist() == [1.0, 2.0]
 
 
 def test_difficulty_file_from_report(tmp_path):
-    path = tmp_path / "pocl_difficulty.jsonl"
     records = [{"index": 1, "rank": 2}, {"index": 0, "rank": 1}, {"index": 2, "rank": 3}]
-    path.write_text("".join(json.dumps(record) + "\n" for record in records))
-    assert read_difficulty_file(path, 3).tolist() == [1.0, 2.0, 3.0]
+    path = _write_lines(tmp_path / "pocl_difficulty.jsonl", records)
+    values = read_difficulty_file(path, [(1,)] * 3, _no_tokenizer, keeps_order=False)
+    assert values.tolist() == [1.0, 2.0, 3.0]
 
 
 def test_difficulty_file_malformed_line(tmp_path):
-    path = tmp_path / "scores.jsonl"
-    path.write_text('{"difficulty": 1}\n{"score": 2}\n')
+    path = _write_lines(tmp_path / "scores.jsonl", [{"difficulty": 1}, {"score": 2}])
     with pytest.raises(ValueError, match=r"scores.jsonl:2"):
-        read_difficulty_file(path, 2)
+        read_difficulty_file(path, [(1,), (2,)], _no_tokenizer, keeps_order=True)
+
+
+def test_difficulty_file_mixed_keys_rejected(tmp_path):
+    path = _write_lines(tmp_path / "scores.jsonl", [{"difficulty": 1, "index": 0}, 2.0])
+    with pytest.raises(ValueError, match="mixes lines"):
+        read_difficulty_file(path, [(1,), (2,)], _no_tokenizer, keeps_order=True)
+
+
+def test_difficulty_file_matched_by_prompt(tmp_path):
+    records = [
+        {"prompt": "b", "difficulty": 2.0},
+        {"prompt": "unused", "difficulty": 9.0},
+        {"prompt": "a", "difficulty": 1.0},
+        {"prompt": "a", "difficulty": 3.0},
+    ]
+    path = _write_lines(tmp_path / "scores.jsonl", records)
+    values = read_difficulty_file(
+        path, [("a",), ("b",), ("a",)], lambda prompt: (prompt,), keeps_order=False
+    )
+    # Duplicate prompts take their lines in file order.
+    assert values.tolist() == [1.0, 2.0, 3.0]
+
+
+def test_difficulty_file_unmatched_sample_rejected(tmp_path):
+    path = _write_lines(tmp_path / "scores.jsonl", [{"prompt": "a", "difficulty": 1.0}])
+    with pytest.raises(ValueError, match=r"1 of 2 training samples have no line .* \[1\]"):
+        read_difficulty_file(path, [("a",), ("b",)], lambda prompt: (prompt,), keeps_order=True)
 
 
 def test_difficulty_file_sets_buckets(tmp_path, tokenizer):
     cfg, pocl, dataset = _tiny_run(tmp_path, tokenizer)
-    path = tmp_path / "scores.jsonl"
-    path.write_text("".join(json.dumps({"difficulty": value}) + "\n" for value in [4, 1, 3, 2]))
-    ranking = compute_or_load_ranking(cfg, pocl.model_copy(update={"difficulty_file": str(path)}), dataset)
+    prompts = ["the quick brown", "the lazy", "Response:", "the fox"]
+    records = [
+        {"prompt": prompt, "difficulty": value} for prompt, value in zip(prompts, [4, 1, 3, 2])
+    ]
+    path = _write_lines(tmp_path / "scores.jsonl", list(reversed(records)))
+    settings = pocl.model_copy(update={"difficulty_file": str(path)})
+    ranking = compute_or_load_ranking(cfg, settings, dataset)
     assert ranking.rank.tolist() == [4, 1, 3, 2]
     assert ranking.bucket.tolist() == [1, 0, 1, 0]
 
