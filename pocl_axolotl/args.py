@@ -208,10 +208,10 @@ class PoclConfig(BaseModel):
         default=False,
         description=(
             "Restart the learning-rate schedule at every stage: a fresh warm-up "
-            "(warmup_steps per stage, or that fraction of the stage when below 1) and "
-            "a decay over the stage, "
-            "as separate training jobs per stage would have. Supports lr_scheduler "
-            "cosine, linear and constant."
+            "of warmup_steps steps, or of warmup_ratio of the stage's steps (0.03 "
+            "when neither is set), and a decay over the stage, as separate training "
+            "jobs per stage would have. Supports lr_scheduler cosine, linear and "
+            "constant."
         ),
     )
     log_consumed_indices: bool = Field(

@@ -12,7 +12,6 @@ from pocl_axolotl.log import get_logger
 
 LOG = get_logger(__name__)
 
-SUPPORTED_SCHEDULERS = ("cosine", "linear", "constant")
 
 
 def stage_lr_factor(
@@ -45,34 +44,34 @@ def stage_lr_factor(
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_stage_lr_scheduler(trainer, optimizer: Optimizer) -> LambdaLR:
-    """Build the per-stage schedule for a PoclTrainer from its training arguments.
+def build_stage_lr_scheduler(trainer, optimizer: Optimizer, *, warmup: float) -> LambdaLR:
+    """Build the per-stage schedule for a PoclTrainer.
 
-    Raises:
-        ValueError: The configured `lr_scheduler` has no per-stage version.
+    Args:
+        trainer: The PoclTrainer, whose stages set the restarts.
+        optimizer: Its optimizer.
+        warmup: Warm-up of each stage: steps when at least 1, otherwise a
+            fraction of the stage's steps.
     """
     kind = str(getattr(trainer.args.lr_scheduler_type, "value", trainer.args.lr_scheduler_type))
-    if kind not in SUPPORTED_SCHEDULERS:
-        raise ValueError(
-            f"`pocl.restart_lr_each_stage` supports lr_scheduler {', '.join(SUPPORTED_SCHEDULERS)}, "
-            f"got `lr_scheduler: {kind}`."
-        )
-
-    LOG.info(
-        f"The learning rate restarts at every stage: {kind} decay after "
-        f"warmup_steps={trainer.args.warmup_steps} per stage"
-    )
 
     def bounds(step: int) -> tuple[int, int]:
         stage = trainer.stage_at(step)
         return trainer.stages.stage_start(stage), trainer.stages.stage_end(stage)
 
-    def factor(step: int) -> float:
-        return stage_lr_factor(
-            step,
-            stage_bounds=bounds,
-            warmup=trainer.args.warmup_steps or 0,
-            kind=kind,
+    shortest = min(
+        trainer.schedule.stage_end(stage) - trainer.schedule.stage_start(stage)
+        for stage in range(trainer.schedule.num_stages)
+    )
+    warmup_steps = int(warmup) if warmup >= 1 else math.ceil(warmup * shortest)
+    LOG.info(f"The learning rate restarts at every stage: warm-up {warmup:g}, then {kind} decay")
+    if warmup_steps >= shortest:
+        LOG.warning(
+            f"The warm-up of {warmup_steps} steps is as long as the shortest stage "
+            f"({shortest} steps), so that stage never reaches the peak learning rate."
         )
+
+    def factor(step: int) -> float:
+        return stage_lr_factor(step, stage_bounds=bounds, warmup=warmup, kind=kind)
 
     return LambdaLR(optimizer, factor)

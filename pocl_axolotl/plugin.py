@@ -16,6 +16,12 @@ from pocl_axolotl.log import get_logger
 
 from pocl_axolotl.args import PoclConfig, parse_pocl_config
 
+# Values of Axolotl's `lr_scheduler` that `pocl.restart_lr_each_stage` restarts.
+STAGE_LR_SCHEDULERS = ("cosine", "linear", "constant")
+# Warm-up fraction of each stage when the YAML sets neither warmup_steps nor
+# warmup_ratio, the fraction Axolotl 0.19.0 uses for a whole run then.
+DEFAULT_STAGE_WARMUP_RATIO = 0.03
+
 LOG = get_logger(__name__)
 
 
@@ -66,7 +72,15 @@ class POCLPlugin(BasePlugin):
             return None
         from pocl_axolotl.lr_schedule import build_stage_lr_scheduler
 
-        return build_stage_lr_scheduler(trainer, optimizer)
+        # Axolotl turns warmup_ratio into a step count of the whole run; each
+        # stage warms up for that fraction of its own steps instead.
+        if cfg.warmup_steps is not None:
+            warmup = cfg.warmup_steps
+        elif cfg.warmup_ratio is not None:
+            warmup = cfg.warmup_ratio
+        else:
+            warmup = DEFAULT_STAGE_WARMUP_RATIO
+        return build_stage_lr_scheduler(trainer, optimizer, warmup=warmup)
 
 
 def prepare_multi_process_cpu_run(cfg) -> None:
@@ -98,14 +112,28 @@ def check_supported_setup(cfg: dict) -> None:
     """Reject combinations the plugin does not support, before any model loads.
 
     Raises:
-        ValueError: DeepSpeed ZeRO-3 is enabled, or `unlock_on_plateau` is combined
-            with sample packing.
+        ValueError: DeepSpeed ZeRO-3 is enabled, `unlock_on_plateau` is combined
+            with sample packing, `rouge_l` with `train_on_inputs`, or
+            `restart_lr_each_stage` with a scheduler it has no per-stage form of.
     """
-    pocl = cfg.get("pocl") or {}
-    if cfg.get("sample_packing") and pocl.get("unlock_on_plateau"):
+    pocl = parse_pocl_config(cfg.get("pocl"))
+    if cfg.get("sample_packing") and pocl.unlock_on_plateau:
         raise ValueError(
             "`pocl.unlock_on_plateau` does not work with `sample_packing: true`, "
             "because packed batches are fixed before training starts. Turn one off."
+        )
+    if cfg.get("train_on_inputs") and "rouge_l" in pocl.difficulty_metrics:
+        raise ValueError(
+            "`pocl.difficulty_metrics` has rouge_l, which compares the response to "
+            "each sample's prompt with its reference, but `train_on_inputs: true` "
+            "supervises every token, so no sample has a prompt. Set train_on_inputs: "
+            "false or leave rouge_l out of difficulty_metrics."
+        )
+    scheduler = cfg.get("lr_scheduler") or "cosine"
+    if pocl.restart_lr_each_stage and scheduler not in STAGE_LR_SCHEDULERS:
+        raise ValueError(
+            "`pocl.restart_lr_each_stage` supports lr_scheduler "
+            f"{', '.join(STAGE_LR_SCHEDULERS)}, got `lr_scheduler: {scheduler}`."
         )
     stage = deepspeed_zero_stage(cfg.get("deepspeed"))
     if stage == 3:

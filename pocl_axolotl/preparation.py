@@ -56,6 +56,7 @@ def load_datasets_with_difficulty(
         added to the training dataset (unless ``num_buckets`` is 1).
     """
     check_tokenizers(cfg, pocl)
+    check_schedule_fits(cfg, pocl, None)
     meta = load_datasets(cfg=cfg)
     if not preprocess:
         check_schedule_fits(cfg, pocl, meta.total_num_steps)

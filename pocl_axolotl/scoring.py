@@ -224,8 +224,9 @@ def score_rouge_l(
             ROUGE-L over those references and its own.
     """
     values = np.full(len(samples), np.nan, dtype=np.float64)
+    # A sample needs a prompt token to generate from and a reference to compare with.
     usable = [
-        i for i, sample in enumerate(samples) if sample.first_target and sample.reference_ids
+        i for i, sample in enumerate(samples) if (sample.first_target or 0) > 0
     ]
     if not usable:
         return values

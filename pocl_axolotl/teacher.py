@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
@@ -52,6 +54,16 @@ def load_teacher(
     return teacher
 
 
+def check_model_reference(name: str, key: str) -> None:
+    """Raise a plain "not found" for a path-like model name that does not exist.
+
+    Names that start with "/", "." or "~" can only be local directories; other
+    names may be hub ids and are left to ``from_pretrained``.
+    """
+    if name.startswith(("/", ".", "~")) and not Path(name).expanduser().is_dir():
+        raise ValueError(f"`{key}: {name}` was not found: no such directory.")
+
+
 def check_same_tokenizer(student_tokenizer, other_name: str, key: str) -> None:
     """Raise unless the model ``other_name`` uses the student's vocabulary.
 
@@ -66,13 +78,17 @@ def check_same_tokenizer(student_tokenizer, other_name: str, key: str) -> None:
     Raises:
         ValueError: The vocabularies differ; the message names both models and sizes.
     """
+    check_model_reference(other_name, key)
     try:
         other = AutoTokenizer.from_pretrained(other_name)
     except (OSError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(
             f"Could not load the tokenizer of `{key}: {other_name}` to check that it "
-            f"matches the student's: {error}. Save the tokenizer with the model."
-        ) from error
+            f"matches the student's: {reason}. A local directory must contain the "
+            "model's tokenizer files; a hub id must be reachable or in the local "
+            "cache."
+        ) from None
     student_vocab = student_tokenizer.get_vocab()
     other_vocab = other.get_vocab()
     if student_vocab == other_vocab:

@@ -164,3 +164,28 @@ def test_readme_lists_every_key():
     readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
     missing = [name for name in PoclConfig.model_fields if f"| `{name}` |" not in readme]
     assert missing == []
+
+
+def test_rouge_with_train_on_inputs_rejected():
+    config = {"pocl": {"teacher_model": "teacher"}, "train_on_inputs": True}
+    with pytest.raises(ValueError, match="train_on_inputs"):
+        POCLPlugin().register(config)
+    config["pocl"]["difficulty_metrics"] = ["lm_loss"]
+    POCLPlugin().register(config)
+
+
+def test_stage_lr_needs_known_scheduler():
+    config = {
+        "pocl": {"teacher_model": "teacher", "restart_lr_each_stage": True},
+        "lr_scheduler": "one_cycle",
+    }
+    with pytest.raises(ValueError, match="`lr_scheduler: one_cycle`"):
+        POCLPlugin().register(config)
+
+
+def test_missing_teacher_directory_named(tmp_path):
+    from pocl_axolotl.teacher import check_same_tokenizer
+
+    missing = str(tmp_path / "no-teacher")
+    with pytest.raises(ValueError, match=r"`pocl.teacher_model: .*no-teacher` was not found"):
+        check_same_tokenizer(None, missing, "pocl.teacher_model")
