@@ -72,8 +72,8 @@ class CurriculumSchedule:
             raise ValueError(
                 f"`pocl.unlock_every: {unlock_every}` leaves the last of "
                 f"{num_buckets} stages no step of the {total_steps} optimizer steps "
-                f"(max_steps). Set unlock_every below {total_steps / (num_buckets - 1):g} "
-                "or leave it null for equal stages."
+                f"(max_steps). Set unlock_every to at most "
+                f"{(total_steps - 1) // (num_buckets - 1)} or leave it null for equal stages."
             )
         return cls(
             num_stages=num_buckets,

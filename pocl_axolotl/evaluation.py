@@ -262,7 +262,8 @@ def load_model_and_tokenizer(
         (EOS when the tokenizer has none).
 
     Raises:
-        FileNotFoundError: If ``model_dir`` is not a directory.
+        FileNotFoundError: If ``model_dir`` is not a directory or has neither a
+            model nor an adapter config.
         ValueError: If ``adapter_config.json`` names no base model, or the
             tokenizer has neither a pad nor an EOS token.
     """
@@ -286,6 +287,11 @@ def load_model_and_tokenizer(
         has_own_tokenizer = any((model_dir / f).is_file() for f in _TOKENIZER_FILES)
         tokenizer_source = str(model_dir) if has_own_tokenizer else base_name
     else:
+        if not (model_dir / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{model_dir} has neither config.json nor adapter_config.json, so it "
+                "holds no saved model or LoRA adapter"
+            )
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), **load_kwargs)
         tokenizer_source = str(model_dir)
 

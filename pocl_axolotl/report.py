@@ -83,8 +83,17 @@ def log_summary(ranking: DifficultyRanking, num_buckets: int) -> None:
             f"{ranking.num_invalid} samples have no supervised token or a non-finite "
             "metric; they are placed in the last bucket."
         )
-    names = list(ranking.metrics)
     valid = ranking.valid
+    names = []
+    for name, values in ranking.metrics.items():
+        values = values[valid]
+        if values.size and np.all(values == values[0]):
+            LOG.warning(
+                f"Difficulty metric {name} is {values[0]:g} for every sample, so it does "
+                "not change the ranking; the scoring model may be too weak for it."
+            )
+        else:
+            names.append(name)
     for first in range(len(names)):
         for second in range(first + 1, len(names)):
             correlation = spearmanr(

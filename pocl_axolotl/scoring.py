@@ -1,13 +1,16 @@
 """Per-sample difficulty metrics computed with a scoring model.
 
-Every metric reads a sample as Axolotl tokenized it: the prompt is ``input_ids``
-up to the first supervised token, and the reference is the first contiguous run
-of supervised tokens (``labels != -100``), so scoring sees what training sees.
+Every metric reads a sample as Axolotl tokenized it, so scoring sees what
+training sees. ``lm_loss``, ``teacher_kl`` and ``length`` use every supervised
+token (``labels != -100``). ``rouge_l`` generates from the prompt, ``input_ids``
+up to the first supervised token, and compares with the reference, the first
+contiguous run of supervised tokens.
 Shapes: ``B`` batch, ``T`` sequence length, ``V`` vocabulary size.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -64,7 +67,13 @@ class TokenizedSample:
 
 
 def _progress(total: int, desc: str, enabled: bool) -> tqdm:
-    return tqdm(total=total, desc=desc, unit="sample", disable=not enabled, dynamic_ncols=True)
+    # Without a terminal, as in a log file, redraw once a minute instead of ten
+    # times a second.
+    interval = 0.1 if sys.stderr.isatty() else 60.0
+    return tqdm(
+        total=total, desc=desc, unit="sample", disable=not enabled,
+        dynamic_ncols=True, mininterval=interval,
+    )
 
 
 def _length_batches(samples: Sequence[TokenizedSample], batch_size: int) -> list[list[int]]:

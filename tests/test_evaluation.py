@@ -571,3 +571,13 @@ def test_cli_repeated_seed_fails(tmp_path, model_dir, data_file, caplog):
     assert args.run(args) == 2
     assert "seeds must be distinct" in caplog.text
     assert not output.exists()
+
+
+def test_cli_folder_without_model_fails(tmp_path, data_file, caplog):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    parser = argparse.ArgumentParser()
+    evaluation.add_arguments(parser)
+    args = parser.parse_args(["--model", str(empty), "--data", str(data_file), "--greedy"])
+    assert args.run(args) == 2
+    assert f"{empty} has neither config.json nor adapter_config.json" in caplog.text
