@@ -13,15 +13,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pocl_axolotl.losses import DEFAULT_CHUNK_SIZE as DEFAULT_KD_CHUNK_SIZE
+from pocl_axolotl.losses import DIVERGENCES
 
-DIVERGENCE_NAMES = (
-    "forward_kl",
-    "reverse_kl",
-    "jsd",
-    "tvd",
-    "skew_forward_kl",
-    "skew_reverse_kl",
-)
+DIVERGENCE_NAMES = DIVERGENCES
 DifficultyMetric = Literal["lm_loss", "rouge_l", "teacher_kl", "length"]
 
 
