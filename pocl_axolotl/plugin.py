@@ -104,7 +104,7 @@ def prepare_multi_process_cpu_run(cfg) -> None:
 
 
 def is_multi_process_cpu_run(cfg) -> bool:
-    """Whether several processes train and Axolotl chose the CPU as their device."""
+    """Return whether several processes train and Axolotl chose the CPU as their device."""
     return (cfg.world_size or 1) > 1 and str(cfg.device or "cpu").startswith("cpu")
 
 

@@ -88,7 +88,7 @@ def load_datasets_with_difficulty(
 
 
 def is_main_process() -> bool:
-    """Whether this is rank 0; torch.distributed may not be initialised yet here."""
+    """Return whether this is rank 0, read from the environment before torch.distributed starts."""
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
 
 
@@ -352,7 +352,7 @@ def score_dataset(cfg: DictDefault, pocl: PoclConfig, dataset) -> dict[str, np.n
 
 
 def scoring_device() -> torch.device:
-    """The GPU of this process when there is one, else the CPU."""
+    """Return the GPU of this process when there is one, else the CPU."""
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
