@@ -355,6 +355,8 @@ class PoclTrainer(AxolotlTrainer):
             for key in ("input_ids", "attention_mask", "position_ids")
             if key in inputs
         }
+        # NOTE: the teacher's logits exist at every position, prompt included; on
+        # long prompts with a large vocabulary that is most of their memory.
         with torch.no_grad():
             teacher_logits = self.teacher(**teacher_inputs).logits  # (B, T, V_teacher)
         return kd_loss(
