@@ -170,8 +170,9 @@ class PoclTrainer(AxolotlTrainer):
         stages = []
         for stage in range(schedule.num_stages):
             start = schedule.stage_start(stage)
+            # Printed 1-based, as Trainer numbers the steps in its logs.
             stages.append(
-                f"stage {stage}: steps {start}-{schedule.stage_end(stage) - 1}, "
+                f"stage {stage}: steps {start + 1}-{schedule.stage_end(stage)}, "
                 f"T={schedule.stage_temperature(stage):.3g}, "
                 f"kd_ratio={schedule.stage_kd_ratio(stage):.3g}"
             )
