@@ -307,7 +307,7 @@ class PlateauStages:
 
     Every stage still lasts at most ``schedule.steps_per_stage`` steps. A stage
     also ends once ``patience`` logged losses in a row have not improved on the
-    best loss of the stage by ``min_relative_improvement``; the next stage then
+    best loss of the stage by ``min_relative_improvement``. The next stage then
     starts ``delay_steps`` steps after that log, so that batches the dataloader
     has fetched already keep their stage. Decisions depend only on the logged
     losses, and ``state_dict`` holds all of their state, so a resumed run

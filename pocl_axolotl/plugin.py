@@ -88,7 +88,7 @@ def prepare_multi_process_cpu_run(cfg) -> None:
 
     With a world size above 1, Axolotl 0.19.0 sets ``device_map`` to
     ``{"": LOCAL_RANK}``, which Transformers reads as a GPU index, so loading
-    fails with "Cannot access accelerator device"; the map is set to the CPU.
+    fails with "Cannot access accelerator device". The map is set to the CPU.
     Accelerate 1.13 also sets up gloo data parallelism on the CPU only when told
     to, through ``ACCELERATE_USE_CPU``: otherwise AxolotlTrainer's fresh
     accelerator state makes each process train alone on all the data. Runs
