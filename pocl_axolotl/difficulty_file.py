@@ -16,13 +16,13 @@ must use one:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from pocl_axolotl.jsonl import iter_json_lines
 from pocl_axolotl.log import get_logger
 
 LOG = get_logger(__name__)
@@ -92,17 +92,9 @@ def read_difficulty_file(
 def _read_lines(path: Path) -> list[DifficultyLine]:
     if not path.is_file():
         raise ValueError(f"`pocl.difficulty_file: {path}` was not found.")
-    lines = []
-    with path.open(encoding="utf-8") as handle:
-        for line_number, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            try:
-                item = json.loads(text)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line_number}: invalid JSON ({error.msg}).") from None
-            lines.append(_parse_line(item, path, line_number))
-    return lines
+    return [
+        _parse_line(item, path, line_number) for line_number, item in iter_json_lines(path)
+    ]
 
 
 def _parse_line(item, path: Path, line_number: int) -> DifficultyLine:

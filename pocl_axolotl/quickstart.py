@@ -228,20 +228,14 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def _iter_jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as error:
-                message = f"{path}:{line_number}: invalid JSON: {error}"
-                raise DataFormatError(message) from None
-            if not isinstance(value, dict):
-                kind = type(value).__name__
-                message = f"{path}:{line_number}: expected a JSON object, got {kind}"
-                raise DataFormatError(message)
-            yield line_number, value
+    from pocl_axolotl.jsonl import iter_json_lines
+
+    for line_number, value in iter_json_lines(path, DataFormatError):
+        if not isinstance(value, dict):
+            kind = type(value).__name__
+            message = f"{path}:{line_number}: expected a JSON object, got {kind}"
+            raise DataFormatError(message)
+        yield line_number, value
 
 
 def normalize_instruction_record(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -385,15 +379,7 @@ def build_tokenizer(
     Raises:
         ValueError: ``vocab_size`` leaves no room for merges.
     """
-    from tokenizers import (
-        Tokenizer,
-        decoders,
-        models,
-        pre_tokenizers,
-        processors,
-        trainers,
-    )
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     special_tokens = [UNK_TOKEN, BOS_TOKEN, EOS_TOKEN, PAD_TOKEN]
     alphabet = pre_tokenizers.ByteLevel.alphabet()
@@ -414,23 +400,43 @@ def build_tokenizer(
         show_progress=False,
     )
     backend.train_from_iterator(texts, trainer)
-    bos_id = backend.token_to_id(BOS_TOKEN)
-    backend.post_processor = processors.TemplateProcessing(
-        single=f"{BOS_TOKEN} $A",
-        pair=f"{BOS_TOKEN} $A {BOS_TOKEN} $B",
-        special_tokens=[(BOS_TOKEN, bos_id)],
-    )
-
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token=BOS_TOKEN,
-        eos_token=EOS_TOKEN,
-        pad_token=PAD_TOKEN,
-        unk_token=UNK_TOKEN,
-        model_max_length=SEQUENCE_LEN,
+    tokenizer = wrap_with_bos(
+        backend, pad_token=PAD_TOKEN, unk_token=UNK_TOKEN, model_max_length=SEQUENCE_LEN
     )
     tokenizer.save_pretrained(str(path))
     return tokenizer
+
+
+def wrap_with_bos(backend, *, pad_token, unk_token, model_max_length=None):
+    """Make a trained ``tokenizers.Tokenizer`` prepend ``<s>`` and wrap it for Transformers.
+
+    Args:
+        backend: The trained tokenizer; its post-processor is replaced.
+        pad_token: Pad token, or None for a tokenizer without one.
+        unk_token: Unknown token, or None.
+        model_max_length: Maximum sequence length in tokens, or None.
+
+    Returns:
+        A ``transformers.PreTrainedTokenizerFast`` with ``<s>`` and ``</s>`` as BOS
+        and EOS.
+    """
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{BOS_TOKEN} $A",
+        pair=f"{BOS_TOKEN} $A {BOS_TOKEN} $B",
+        special_tokens=[(BOS_TOKEN, backend.token_to_id(BOS_TOKEN))],
+    )
+    extra = {"model_max_length": model_max_length} if model_max_length else {}
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=BOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        pad_token=pad_token,
+        unk_token=unk_token,
+        **extra,
+    )
 
 
 def build_llama(

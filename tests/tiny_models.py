@@ -11,14 +11,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-from tokenizers import trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-BOS_TOKEN = "<s>"
-EOS_TOKEN = "</s>"
-PAD_TOKEN = "<pad>"
-UNK_TOKEN = "<unk>"
+from pocl_axolotl.quickstart import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, UNK_TOKEN, wrap_with_bos
 
 
 def build_tokenizer(
@@ -72,17 +68,8 @@ def build_tokenizer(
             show_progress=False,
         )
     backend.train_from_iterator(list(corpus), trainer=trainer)
-    bos_id = backend.token_to_id(BOS_TOKEN)
-    backend.post_processor = processors.TemplateProcessing(
-        single=f"{BOS_TOKEN} $A",
-        pair=f"{BOS_TOKEN} $A {BOS_TOKEN} $B",
-        special_tokens=[(BOS_TOKEN, bos_id)],
-    )
-
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token=BOS_TOKEN,
-        eos_token=EOS_TOKEN,
+    tokenizer = wrap_with_bos(
+        backend,
         pad_token=PAD_TOKEN if with_pad_token else None,
         unk_token=UNK_TOKEN if word_level else None,
     )
