@@ -2,11 +2,11 @@
 
     python benchmarks/bench_scoring.py        # writes its section of docs/benchmarks.md
 
-Scores the Dolly samples of the shared data with a locally built Llama model:
-`lm_loss` against a plain batched forward over the same length-sorted batches,
-`rouge_l` at a stated generation length, and both against one epoch of
-distillation training (student forward and backward plus a teacher forward) on
-the same batches.
+Scores the Dolly samples of the shared data with a locally built Llama model. It
+compares `lm_loss` with a plain batched forward over the same length-sorted
+batches and times `rouge_l` at a stated generation length. Both are compared with
+one epoch of distillation training (student forward and backward plus a teacher
+forward) on the same batches.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The curriculum schedule and the sampler that follows it.
 
 With fixed stage lengths everything here is a pure function of the
-configuration, the seed and the optimizer step: stage, temperature, KD ratio and
+configuration, the seed and the optimizer step. Stage, temperature, KD ratio and
 the pool of unlocked buckets at step k never depend on wall-clock time,
 dataloader prefetching or on whether the run was resumed. ``PlateauStages`` adds
 one more input, the logged training losses, and saves its decisions in the
@@ -277,7 +277,7 @@ class PackedCurriculumBatchSampler(BatchSampler):
 class CurriculumSampler(Sampler[int]):
     """Sampler that yields the curriculum index stream of the whole run.
 
-    The stream covers the whole run, so the Trainer sees a single epoch of
+    The stream covers the whole run, so the Trainer runs a single epoch of
     ``total_steps`` optimizer steps. Accelerate shards its micro-batches across
     processes, which gives every rank a disjoint share of each optimizer step's
     indices. Every iteration yields the same stream.
@@ -310,7 +310,7 @@ class PlateauStages:
     best loss of the stage by ``min_relative_improvement``. The next stage then
     starts ``delay_steps`` steps after that log, so that batches the dataloader
     has fetched already keep their stage. Decisions depend only on the logged
-    losses, and ``state_dict`` holds all of their state, so a resumed run
+    losses, and ``state_dict`` contains all of their state, so a resumed run
     continues with the same boundaries.
     """
 
@@ -404,7 +404,7 @@ class PlateauStages:
 
 
 class LazyCurriculumSampler(Sampler[int]):
-    """Sampler that draws each step's indices when the dataloader asks for them.
+    """Sampler that draws each step's indices when the dataloader requests them.
 
     Used when stage boundaries are decided during training. Step k draws from the
     pool of the stage that ``stages.stage_at(k)`` gives at the moment its first

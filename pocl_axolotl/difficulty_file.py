@@ -2,7 +2,7 @@
 
 Axolotl drops samples longer than `sequence_len` and shuffles the tokenized
 dataset unless `shuffle_merged_datasets: false`, so the position of a line in a
-file of raw samples says little about which tokenized sample it belongs to.
+file of raw samples does not identify the tokenized sample it belongs to.
 Lines are therefore matched to samples in one of three ways, and the whole file
 must use one:
 
@@ -58,7 +58,7 @@ def read_difficulty_file(
     Raises:
         ValueError: The file is missing or malformed, mixes matching kinds, or
             does not give every sample exactly one value; the message names the
-            line or the sample and says what to do.
+            line or the sample and what to do.
     """
     lines = _read_lines(path)
     kinds = {_kind(line) for line in lines}

@@ -39,7 +39,7 @@ class POCLPlugin(BasePlugin):
     def load_datasets(self, cfg, preprocess: bool = False):
         """Tokenize with Axolotl, then add the difficulty buckets.
 
-        This is the first hook that sees the normalised configuration, so it also
+        This is the first hook that receives the normalised configuration, so it also
         corrects the device map of multi-process runs without a GPU.
         """
         from pocl_axolotl.preparation import load_datasets_with_difficulty
@@ -89,8 +89,8 @@ def prepare_multi_process_cpu_run(cfg) -> None:
     With a world size above 1, Axolotl 0.19.0 sets ``device_map`` to
     ``{"": LOCAL_RANK}``, which Transformers reads as a GPU index, so loading
     fails with "Cannot access accelerator device". The map is set to the CPU.
-    Accelerate 1.13 also sets up gloo data parallelism on the CPU only when told
-    to, through ``ACCELERATE_USE_CPU``: otherwise AxolotlTrainer's fresh
+    Accelerate 1.13 also sets up gloo data parallelism on the CPU only when
+    ``ACCELERATE_USE_CPU`` is set. Otherwise AxolotlTrainer's fresh
     accelerator state makes each process train alone on all the data. Runs
     whose device is a GPU are left as they are.
     """

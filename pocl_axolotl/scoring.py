@@ -1,7 +1,7 @@
 """Per-sample difficulty metrics computed with a scoring model.
 
-Every metric reads a sample as Axolotl tokenized it, so scoring sees what
-training sees. ``lm_loss``, ``teacher_kl`` and ``length`` use every supervised
+Every metric reads a sample as Axolotl tokenized it, so scoring uses the same
+tokens as training. ``lm_loss``, ``teacher_kl`` and ``length`` use every supervised
 token (``labels != -100``). ``rouge_l`` generates from the prompt, ``input_ids``
 up to the first supervised token, and compares with the reference, the first
 contiguous run of supervised tokens.

@@ -145,7 +145,7 @@ def test_rouge_l_exact_reproduction_is_one(tokenizer, tmp_path):
 def test_rouge_l_empty_output_is_zero(tokenizer, tmp_path):
     sample = _sample(tokenizer, "the quick brown fox", "jumps over the lazy dog")
     prompt = sample.prompt_ids
-    # A model trained to end every answer at once outputs nothing.
+    # A model trained to end every response at once outputs nothing.
     model = _overfit(
         build_llama(tmp_path / "model", tokenizer, seed=2), [prompt + [tokenizer.eos_token_id]]
     )

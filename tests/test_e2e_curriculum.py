@@ -263,9 +263,9 @@ def test_plateau_unlocks_early_and_resumes(workspace):
     }
     settings = {"max_steps": 16, "save_strategy": "steps", "save_steps": 8, "pocl": plateau}
     train(workspace, "plateau", **settings)
-    # The first logged loss sets the stage's best; the second does not halve
-    # it, so after step 2 stage 1 is set to start 3 steps later, at step 5,
-    # long before the fixed boundary at step 12.
+    # The first logged loss sets the stage's best, and the second does not
+    # halve it. So after step 2, stage 1 is set to start 3 steps later, at step
+    # 5, long before the fixed boundary at step 12.
     stages = logged(workspace, "plateau", "pocl/stage")
     assert [stages[step] for step in range(1, 17)] == [0] * 5 + [1] * 11
     saved = json.loads((workspace / "plateau" / "checkpoint-8" / "pocl_state.json").read_text())
